@@ -1,0 +1,1 @@
+"""mult.app: the Gradio search page (talks to mult.serving only)."""

@@ -1,0 +1,1 @@
+"""mult.export: ONNX export with a parity check, and the Triton model-repository writer."""

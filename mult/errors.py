@@ -1,0 +1,11 @@
+"""The one exception type for expected mistakes (bad paths, corrupt files, servers down).
+
+The CLI prints a ``MultError`` as a single line and exits non-zero; anything else is a bug and keeps
+its traceback.
+"""
+
+
+class MultError(Exception):
+    """An expected, user-fixable problem. The message names the file or value and what to do."""
+
+    exit_code = 2

@@ -1,0 +1,1 @@
+"""mult.serving: the local Triton server, the Triton gRPC encoder client and the FAISS gallery."""

@@ -1,0 +1,42 @@
+"""The command line itself: version, help, and the one-line error contract."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mult import __version__
+from mult.cli import main
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_version(capsys):
+    code, out, _ = run_main(["--version"], capsys)
+    assert code == 0
+    assert out.strip() == f"mult {__version__}"
+
+
+def test_help_lists_command_groups(capsys):
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0
+    assert "data" in out
+
+
+def test_expected_error_is_one_line_without_traceback(tmp_path, capsys):
+    missing = tmp_path / "no-such-dataset"
+    code, _, err = run_main(["data", "check", str(missing), "--format", "sysu"], capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "Traceback" not in err
+    assert str(missing) in err
+
+
+def test_console_script_runs():
+    proc = subprocess.run([sys.executable, "-m", "mult", "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in proc.stdout

@@ -1,0 +1,1 @@
+"""mult.train: clustering, MULT label transfer, cluster memories, losses, samplers and the trainer."""
