@@ -1,0 +1,136 @@
+"""One typed configuration per training run, with presets, saved in the run directory.
+
+Defaults are the paper's code (METHOD.md §2, §4, §6, §7). Presets change only what they name; every field
+can be overridden from the command line (``mult train --set field=value`` or the named options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from mult.errors import MultError
+from mult.io import write_text_atomic
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "sysu"  # sysu | regdb
+    data_root: str = ""
+    regdb_split: int = 1
+    height: int = 288
+    width: int = 144
+    workers: int = 4
+    # model
+    depth: str = "resnet50"
+    pretrained: Optional[str] = "imagenet"  # "imagenet", a .pth path, or None for random init
+    # schedule (absolute epochs, METHOD.md §2)
+    epochs: int = 90
+    stage_one_epochs: int = 40
+    iters_stage_one: int = 300
+    iters_stage_two: int = 200
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = (20, 60, 80)
+    lr_gamma: float = 0.1
+    # batches (§3.3): P pseudo-identities x K instances per modality
+    num_ids: int = 12
+    num_instances: int = 12
+    # clustering (§5)
+    eps: float = 0.6
+    min_samples: int = 4
+    k1: int = 30
+    k2: int = 6
+    # memories (§6)
+    temp: float = 0.05
+    momentum: float = 0.1
+    momentum_cross: float = 0.1
+    # label transfer (§4) and OCLR (§7)
+    association: str = "mult"  # mult | ot | hungarian | none
+    alpha: float = 0.2
+    beta: float = 0.7
+    ot_lambda: float = 25.0
+    lp_iters: int = 20
+    lp_tol: float = 1e-2
+    homogeneous: bool = True
+    oclr: bool = True
+    oclr_ratio: float = 0.2
+    oclr_detach: bool = False
+    # evaluation and bookkeeping
+    eval_every: int = 10
+    eval_trials: int = 10
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # used only on CUDA
+    preset: str = "sysu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lr_at(self, epoch: int) -> float:
+        """Step schedule on the absolute epoch index (stage 2 starts at 3.5e-5, never 3.5e-4)."""
+        drops = sum(epoch >= m for m in self.lr_milestones)
+        return self.lr * self.lr_gamma**drops
+
+    def stage_of(self, epoch: int) -> str:
+        return "dcl" if epoch < self.stage_one_epochs else "mult"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lr_milestones"] = list(self.lr_milestones)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MultError(f"unknown config field(s) {', '.join(unknown)}; see `mult train --help`")
+        data = dict(data)
+        if "lr_milestones" in data:
+            data["lr_milestones"] = tuple(data["lr_milestones"])
+        return cls(**data)
+
+    def with_overrides(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def save(self, path: Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise MultError(f"{path}: no config.json; is this a run directory made by `mult train`?") from None
+        except json.JSONDecodeError as err:
+            raise MultError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+# Presets change only what they list. `synth-demo` and `tiny` are CPU-sized: ResNet-18, random init
+# (no ImageNet weights can be downloaded on the development machines), small images and few steps.
+PRESETS: dict[str, dict[str, Any]] = {
+    "sysu": {},
+    "regdb": {"dataset": "regdb", "eps": 0.3, "iters_stage_one": 100, "iters_stage_two": 100},
+    "synth-demo": {
+        "depth": "resnet18", "pretrained": None, "height": 128, "width": 64, "workers": 2,
+        "epochs": 12, "stage_one_epochs": 6, "iters_stage_one": 30, "iters_stage_two": 30,
+        "lr_milestones": (100,), "num_ids": 8, "num_instances": 4, "k1": 15, "k2": 4,
+        "eval_every": 3, "lr": 3.5e-4,
+    },
+    "tiny": {
+        "depth": "resnet18", "pretrained": None, "height": 64, "width": 32, "workers": 0,
+        "epochs": 4, "stage_one_epochs": 2, "iters_stage_one": 2, "iters_stage_two": 2,
+        "lr_milestones": (100,), "num_ids": 2, "num_instances": 2, "k1": 6, "k2": 3, "eps": 0.6,
+        "min_samples": 2, "eval_every": 2, "eval_trials": 2,
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """The named preset with ``overrides`` applied (None values are ignored)."""
+    if name not in PRESETS:
+        raise MultError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig(preset=name, **PRESETS[name]).with_overrides(**overrides)
