@@ -1,0 +1,326 @@
+"""The AGW-style two-stream encoder of MULT (METHOD.md §3.1).
+
+Layout: a visible stem and an infrared stem (conv1/bn1/relu/maxpool of an ImageNet ResNet each), one shared
+layer1-layer4 with last stride 1, GeM pooling (p = 3) and a BN-neck whose bias is frozen at zero.
+
+Inputs are float RGB in [0, 1], NCHW; ImageNet normalisation happens inside the model so that every caller
+(trainer, exported ONNX graph, search client) feeds the same thing and nobody normalises twice.
+
+Five-line use::
+
+    from mult.model import TwoStreamEncoder
+    enc = TwoStreamEncoder(depth="resnet50", pretrained="imagenet").eval()
+    with torch.no_grad():
+        emb = enc.embed(images, "infrared", flip=True)   # [N, 2048], unit norm
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mult.compat import import_torchvision
+from mult.data.records import Modality
+from mult.errors import MultError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+DEPTHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+
+# Torchvision's ImageNet weights per depth (enum member names), and the older file names of the same "V1"
+# weights that the reference code loads (resnet50-19c8e357.pth), accepted too when found in the hub cache.
+_WEIGHTS_ENUM = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
+_LEGACY_FILES = {
+    "resnet18": "resnet18-5c106cde.pth",
+    "resnet34": "resnet34-333f7ec4.pth",
+    "resnet50": "resnet50-19c8e357.pth",
+}
+_STEM_KEYS = ("conv1.", "bn1.")
+_TRUNK_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+PathLike = Union[str, os.PathLike]
+
+
+class PretrainedWeightsWarning(UserWarning):
+    """The encoder starts from random weights (none asked for, or ImageNet weights not available offline)."""
+
+
+def gem_pool(x: Tensor, p: float = 3.0, eps: float = 1e-12) -> Tensor:
+    """Generalised-mean pooling over the spatial positions, METHOD.md §3.1.
+
+    ``(mean_{h,w} x^p + eps)^(1/p)`` with the reference's fixed p = 3 and eps = 1e-12 added *after* the mean.
+    ``x`` is a post-ReLU map [N, C, H, W] (non-negative); returns [N, C].
+    """
+    return (x.pow(p).mean(dim=(2, 3)) + eps).pow(1.0 / p)
+
+
+def _set_last_stride(layer4: nn.Sequential, stride: int) -> None:
+    """Put ``stride`` on the first block of layer4 (METHOD.md §3.1: last stride 1 keeps 18x9 at 288x144).
+
+    BasicBlock downsamples in conv1, torchvision's Bottleneck (ResNet v1.5, as the reference) in conv2; the
+    shortcut's 1x1 conv always carries the same stride.
+    """
+    first = layer4[0]
+    strided = first.conv2 if isinstance(first, import_torchvision().models.resnet.Bottleneck) else first.conv1
+    strided.stride = (stride, stride)
+    if first.downsample is not None:
+        first.downsample[0].stride = (stride, stride)
+
+
+def _init_bn_neck(bn: nn.BatchNorm1d) -> None:
+    """The reference's ``weights_init_kaiming`` for BatchNorm1d: weight ~ N(1, 0.01), bias 0 and frozen."""
+    nn.init.normal_(bn.weight, 1.0, 0.01)
+    nn.init.zeros_(bn.bias)
+    bn.bias.requires_grad_(False)
+
+
+def _embed(x: Tensor, stem: nn.Module, trunk: nn.Module, neck: nn.Module, mean: Tensor, std: Tensor,
+           flip: bool) -> Tensor:
+    """Eval embedding of one stem: L2norm(BN(GeM(trunk(stem((x - mean) / std))))), METHOD.md §3.1.
+
+    With ``flip`` the image and its horizontal mirror go through in one batch and their unit embeddings
+    are averaged and re-normalised (test protocol, METHOD.md §8.1). The reshape uses -1 for the batch so
+    the graph keeps a dynamic batch axis when exported.
+    """
+    if flip:
+        x = torch.cat([x, x.flip(3)], dim=0)
+    emb = F.normalize(neck(gem_pool(trunk(stem((x - mean) / std)))), dim=1)
+    if flip:
+        emb = F.normalize(emb.unflatten(0, (2, -1)).sum(0), dim=1)
+    return emb
+
+
+def _read_state_dict(path: PathLike) -> dict[str, Tensor]:
+    """Load a tensor dict from ``path`` safely (``weights_only=True``); expected problems -> MultError."""
+    path = Path(path)
+    if not path.is_file():
+        raise MultError(f"pretrained weights file {path} not found: pass an existing .pth file, 'imagenet' or none")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt zip, pickle with objects outside the safe list, truncated file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MultError(f"cannot read {path} as torch weights (weights_only=True): {first_line}") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # a checkpoint dict wrapping the weights
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise MultError(f"{path} does not hold a state dict of tensors: save it with torch.save(model.state_dict())")
+    # Weights saved from nn.DataParallel / DDP carry a "module." prefix.
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+class StemEmbedder(nn.Module):
+    """One stem of a :class:`TwoStreamEncoder` as a standalone module: float [0, 1] NCHW -> unit embedding.
+
+    It shares (does not copy) the encoder's stem, trunk, neck and normalisation buffers, so it always reflects
+    the current weights. This is the module exported to ONNX per stem; its forward has no data-dependent
+    Python control flow.
+    """
+
+    def __init__(self, encoder: "TwoStreamEncoder", modality: Union[Modality, str], flip: bool = False) -> None:
+        super().__init__()
+        modality = _as_modality(modality)
+        self.modality = modality.value
+        self.flip = bool(flip)
+        self.stem = encoder.stem(modality)
+        self.trunk = encoder.trunk
+        self.neck = encoder.neck
+        self.register_buffer("pixel_mean", encoder.pixel_mean, persistent=False)
+        self.register_buffer("pixel_std", encoder.pixel_std, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _embed(x, self.stem, self.trunk, self.neck, self.pixel_mean, self.pixel_std, self.flip)
+
+
+def _as_modality(modality: Union[Modality, str]) -> Modality:
+    try:
+        return Modality(modality)
+    except ValueError:
+        names = ", ".join(m.value for m in Modality)
+        raise MultError(f"unknown modality {modality!r}: use one of {names}") from None
+
+
+def _config_get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+class TwoStreamEncoder(nn.Module):
+    """AGW two-stream ResNet with GeM and BN-neck (METHOD.md §3.1, §14 item 1).
+
+    Args:
+        depth: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (the paper's).
+        pretrained: ``None`` (random init, with a warning), ``"imagenet"`` (torchvision's IMAGENET1K_V1,
+            only if already in the torch hub cache; never downloaded) or a path to a ``.pth`` holding either
+            an ImageNet ResNet state dict (copied into both stems and the trunk) or a whole encoder state dict.
+        last_stride: stride of layer4 (1 as in the reference; 2 gives the plain ResNet).
+    """
+
+    def __init__(self, depth: str = "resnet50", pretrained: Optional[PathLike] = None, last_stride: int = 1) -> None:
+        super().__init__()
+        if depth not in DEPTHS:
+            raise MultError(f"unknown encoder depth {depth!r}: use one of {', '.join(DEPTHS)}")
+        if last_stride not in (1, 2):
+            raise MultError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        self.depth = depth
+        resnet = getattr(import_torchvision().models, depth)(weights=None)
+        _set_last_stride(resnet.layer4, last_stride)
+        stem = nn.Sequential(OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
+        self.visible_stem = stem
+        self.infrared_stem = copy.deepcopy(stem)  # same start, separate parameters (as the reference's two stems)
+        self.trunk = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in _TRUNK_LAYERS))
+        self.neck = nn.BatchNorm1d(resnet.fc.in_features)
+        _init_bn_neck(self.neck)
+        # Constants, not learned state: kept out of the state dict.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._load_pretrained(pretrained)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TwoStreamEncoder":
+        """Build from a mapping or an object with ``depth``/``pretrained``/``last_stride`` (missing -> defaults).
+
+        A whole run config works too: its ``model`` section is used when it has one.
+        """
+        section = _config_get(cfg, "model", None)
+        if section is None or isinstance(section, str):
+            section = cfg
+        return cls(
+            depth=_config_get(section, "depth", "resnet50"),
+            pretrained=_config_get(section, "pretrained", None),
+            last_stride=int(_config_get(section, "last_stride", 1)),
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        """Embedding size: 2048 for resnet50, 512 for resnet18/34."""
+        return self.neck.num_features
+
+    def stem(self, modality: Union[Modality, str]) -> nn.Module:
+        """The stem module for ``modality`` (visible or infrared)."""
+        return self.visible_stem if _as_modality(modality) is Modality.visible else self.infrared_stem
+
+    def stem_module(self, modality: Union[Modality, str], flip: bool = False) -> StemEmbedder:
+        """A module embedding one modality (for ONNX export / serving); shares this encoder's weights."""
+        return StemEmbedder(self, modality, flip=flip)
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def forward(self, x_visible: Optional[Tensor] = None, x_infrared: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Training forward: BN-neck features (un-normalised) for each modality, ``(feat_v [Nv, D], feat_r [Nr, D])``.
+
+        Both stems' outputs are concatenated so the shared trunk and the BN-neck see one batch: BatchNorm
+        statistics are pooled over both modalities, as a single-GPU run of the reference does (METHOD.md
+        §3.1). A ``None`` or empty input yields an empty [0, D] output for that modality.
+        """
+        parts, sizes = [], []
+        for x, stem in ((x_visible, self.visible_stem), (x_infrared, self.infrared_stem)):
+            if x is None or x.shape[0] == 0:
+                sizes.append(0)
+                continue
+            if x.dim() != 4 or x.shape[1] != 3:
+                raise ValueError(f"expected float RGB images [N, 3, H, W], got shape {tuple(x.shape)}")
+            parts.append(stem(self._normalise(x)))
+            sizes.append(x.shape[0])
+        if not parts:
+            raise ValueError("forward needs at least one non-empty batch (visible or infrared)")
+        feats = self.neck(gem_pool(self.trunk(torch.cat(parts, dim=0))))
+        feat_v, feat_r = feats.split(sizes, dim=0)
+        return feat_v, feat_r
+
+    def embed(self, x: Tensor, modality: Union[Modality, str], flip: bool = False) -> Tensor:
+        """L2-normalised BN-neck embedding [N, D] of float [0, 1] NCHW images through one stem.
+
+        Call it on an encoder in eval mode (running BN statistics), under ``torch.no_grad()`` for extraction.
+        ``flip=True`` averages the embeddings of the images and their horizontal flips, then re-normalises
+        (METHOD.md §8.1).
+        """
+        if not x.is_floating_point():
+            raise TypeError(f"embed expects float images in [0, 1], got dtype {x.dtype}; divide uint8 by 255")
+        return _embed(x, self.stem(modality), self.trunk, self.neck, self.pixel_mean, self.pixel_std, flip)
+
+    # ---- weights -------------------------------------------------------------------------------------
+
+    def _load_pretrained(self, pretrained: Optional[PathLike]) -> None:
+        if isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none"):
+            pretrained = None
+        if pretrained is None:
+            warnings.warn(
+                f"{self.depth} encoder starts from random weights (pretrained=None); pass pretrained='imagenet' "
+                "or a .pth path for the paper's ImageNet initialisation",
+                PretrainedWeightsWarning,
+                stacklevel=3,
+            )
+            return
+        if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
+            cached = self._cached_imagenet_file()
+            if cached is None:
+                return
+            self.load_resnet_weights(_read_state_dict(cached), source=str(cached))
+            return
+        state = _read_state_dict(pretrained)
+        if any(k.startswith("visible_stem.") for k in state):
+            self._load_encoder_state(state, source=str(pretrained))
+        else:
+            self.load_resnet_weights(state, source=str(pretrained))
+
+    def _cached_imagenet_file(self) -> Optional[Path]:
+        """The torchvision ImageNet file for this depth if it is already in the hub cache (no download)."""
+        weights = getattr(import_torchvision().models, _WEIGHTS_ENUM[self.depth]).IMAGENET1K_V1
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        names = (os.path.basename(weights.url), _LEGACY_FILES[self.depth])
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        warnings.warn(
+            f"ImageNet weights for {self.depth} are not in the torch hub cache ({folder / names[0]}); not "
+            f"downloading. Copy {weights.url} there, or pass pretrained=<path to .pth>. Using random weights.",
+            PretrainedWeightsWarning,
+            stacklevel=4,
+        )
+        return None
+
+    def load_resnet_weights(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
+        """Copy an ImageNet ResNet state dict (torchvision key names) into both stems and the trunk.
+
+        ``fc.*`` is ignored; the BN-neck keeps its own init. A missing key or a shape mismatch (e.g. resnet50
+        weights into a resnet18 encoder) raises MultError naming ``source``.
+        """
+        mapped: dict[str, Tensor] = {}
+        for key, value in state.items():
+            if key.startswith(_STEM_KEYS):
+                mapped[f"visible_stem.{key}"] = value
+                mapped[f"infrared_stem.{key}"] = value
+            elif key.startswith(_TRUNK_LAYERS):
+                mapped[f"trunk.{key}"] = value
+        expected = {k: v for k, v in self.state_dict().items() if not k.startswith("neck.")}
+        self._check_and_load(mapped, expected, source)
+
+    def _load_encoder_state(self, state: Mapping[str, Tensor], source: str) -> None:
+        self._check_and_load(dict(state), self.state_dict(), source)
+
+    def _check_and_load(self, state: dict[str, Tensor], expected: Mapping[str, Tensor], source: str) -> None:
+        missing = [k for k in expected if k not in state]
+        if missing:
+            raise MultError(
+                f"{source} lacks {len(missing)} {self.depth} weights (first: {missing[0]}): "
+                "is it a checkpoint of the same depth?"
+            )
+        for key, ref in expected.items():
+            if state[key].shape != ref.shape:
+                raise MultError(
+                    f"{source} does not fit a {self.depth} encoder ({key}: {tuple(state[key].shape)} vs "
+                    f"{tuple(ref.shape)}): use the matching depth"
+                )
+        self.load_state_dict({k: state[k] for k in expected}, strict=False)
