@@ -1,0 +1,1 @@
+"""Side-by-side performance scripts (run each as ``python -m benchmarks.<name>``); results go under .bench/."""
