@@ -118,6 +118,128 @@ def data_check(
         raise typer.Exit(1)
 
 
+class Stage(str, Enum):
+    full = "full"
+    dcl = "dcl"
+    mult = "mult"
+
+
+class Association(str, Enum):
+    mult = "mult"
+    ot = "ot"
+    hungarian = "hungarian"
+    none = "none"
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, object]:
+    """``--set field=value`` pairs, values parsed as JSON when they parse (numbers, true/false, lists)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise MultError(f"--set {pair!r}: expected field=value, e.g. --set eps=0.5")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
+@app.command("train")
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory (config, checkpoints, metrics.jsonl, plots)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (SYSU-MM01 or RegDB layout)."),
+    dataset: Optional[DatasetFormat] = typer.Option(None, "--dataset", help="Dataset layout (default: the preset's)."),
+    preset: str = typer.Option("sysu", "--preset", help="sysu | regdb | synth-demo | tiny."),
+    stage: Stage = typer.Option(Stage.full, "--stage", help="full: stage 1 then 2; dcl: stage 1 only; mult: stage 2 (with --from)."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Start stage 2 from this stage-1 run's weights."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Total epochs (absolute, both stages)."),
+    stage_one_epochs: Optional[int] = typer.Option(None, "--stage-one-epochs", min=0, help="Epochs of stage 1."),
+    association: Optional[Association] = typer.Option(None, "--association", help="Cross-modality association (stage 2)."),
+    no_oclr: bool = typer.Option(False, "--no-oclr", help="Ablation: drop the OCLR loss."),
+    no_homogeneous: bool = typer.Option(False, "--no-homogeneous", help="Ablation: no Jaccard smoothing in MULT."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="MULT anchor weight (0.2)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="Hard/soft target mix (0.7)."),
+    regdb_split: Optional[int] = typer.Option(None, "--split", min=1, max=10, help="RegDB split (1..10)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", min=0, help="Evaluate every N epochs (0: never)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="imagenet | none | path to a ResNet .pth."),
+    sets: list[str] = typer.Option([], "--set", help="Any other config field, e.g. --set eps=0.5 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final evaluation as JSON."),
+) -> None:
+    """Train MULT + OCLR without labels (stage 1 DCL, then MULT label transfer + AMIRL + OCLR).
+
+    Example: mult train --preset synth-demo --data-root data/synth-sysu --out runs/demo
+    Several processes: torchrun --nproc_per_node 2 -m mult train ... (DistributedDataParallel).
+    """
+    from mult.config import TrainConfig, preset_config
+    from mult.train.run import RunDir
+    from mult.train.trainer import Trainer
+
+    if resume:
+        cfg = RunDir(out).config() if RunDir(out).config_path.is_file() else None
+        if cfg is None:
+            raise MultError(f"{out}: no config.json to resume from; start the run without --resume")
+    else:
+        overrides = dict(
+            data_root=str(data_root) if data_root else None, dataset=dataset.value if dataset else None,
+            epochs=epochs, stage_one_epochs=stage_one_epochs, association=association.value if association else None,
+            alpha=alpha, beta=beta, regdb_split=regdb_split, device=device, seed=seed, eval_every=eval_every,
+            pretrained=(None if pretrained.lower() == "none" else pretrained) if pretrained else None,
+        )
+        cfg = preset_config(preset, **overrides)
+        if pretrained and pretrained.lower() == "none":
+            cfg.pretrained = None
+        if no_oclr:
+            cfg.oclr = False
+        if no_homogeneous:
+            cfg.homogeneous = False
+        if stage is Stage.dcl:
+            cfg.epochs = cfg.stage_one_epochs
+        if sets:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), **_parse_sets(sets)})
+        if not cfg.data_root:
+            raise MultError("--data-root is required (the dataset folder); see `mult data synth` for test data")
+        if stage is Stage.mult and from_run is None:
+            raise MultError("--stage mult needs --from RUN_DIR (a finished stage-1 run)")
+        if RunDir(out).checkpoint_path.is_file():
+            raise MultError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    result = Trainer(cfg, out, resume=resume, init_from=from_run).fit()
+    if as_json:
+        _print_json(result)
+
+
+@app.command("evaluate")
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A `mult train` run directory."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the run's)."),
+    trials: int = typer.Option(10, "--trials", min=1, help="SYSU gallery trials (seeds 0..N-1)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Evaluate a run with the published protocol (SYSU: 10 gallery trials; RegDB: the run's split, both directions).
+
+    Example: mult evaluate runs/demo --json
+    """
+    from mult.evaluation import evaluate_dataset
+    from mult.features import TorchEncoder
+    from mult.train.run import RunDir
+    from mult.train.trainer import resolve_device
+
+    run = RunDir(run_dir).require()
+    cfg = run.config()
+    dev = resolve_device(device)
+    encoder = TorchEncoder(run.load_model(dev), cfg.height, cfg.width, device=dev, flip=True, progress=not as_json)
+    results = evaluate_dataset(encoder, cfg.dataset, Path(data_root or cfg.data_root), trials=trials,
+                               split=cfg.regdb_split)
+    if as_json:
+        _print_json({name: summary.as_dict() for name, summary in results.items()})
+    else:
+        typer.echo("\n\n".join(summary.render() for summary in results.values()))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning expected mistakes into one line and exit status 2."""
     try:

@@ -116,9 +116,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "regdb": {"dataset": "regdb", "eps": 0.3, "iters_stage_one": 100, "iters_stage_two": 100},
     "synth-demo": {
         "depth": "resnet18", "pretrained": None, "height": 128, "width": 64, "workers": 2,
-        "epochs": 12, "stage_one_epochs": 6, "iters_stage_one": 30, "iters_stage_two": 30,
-        "lr_milestones": (100,), "num_ids": 8, "num_instances": 4, "k1": 15, "k2": 4,
-        "eval_every": 3, "lr": 3.5e-4,
+        "epochs": 10, "stage_one_epochs": 6, "iters_stage_one": 25, "iters_stage_two": 25,
+        "lr_milestones": (100,), "num_ids": 6, "num_instances": 4, "k1": 15, "k2": 4,
+        "eval_every": 2,
     },
     "tiny": {
         "depth": "resnet18", "pretrained": None, "height": 64, "width": 32, "workers": 0,

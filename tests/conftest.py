@@ -137,3 +137,13 @@ def sysu_tree(make_sysu) -> SysuTree:
 @pytest.fixture
 def regdb_tree(tmp_path: Path) -> RegdbTree:
     return build_regdb_tree(tmp_path / "RegDB")
+
+
+@pytest.fixture(scope="session")
+def synth_sysu_small(tmp_path_factory) -> Path:
+    """A small SynthVI set in SYSU layout, rendered once per test session (used by training tests)."""
+    from mult.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "sysu"
+    synthesize(root, "sysu", ids=20, images_per_camera=4, height=64, width=32, seed=0, workers=1, progress=False)
+    return root

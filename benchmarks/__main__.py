@@ -1,0 +1,35 @@
+"""Run every side-by-side benchmark in turn (``python -m benchmarks`` or ``make bench``).
+
+Each script compares our implementation with a straightforward reference in ONE run and writes a JSON
+result under ``.bench/``; BENCHMARKS.md quotes them. Pass names to run a subset, e.g.
+``python -m benchmarks eval jaccard``. Run on a quiet machine: the numbers are wall-clock medians.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SUITE = {
+    "eval": ["benchmarks.bench_eval"],
+    "synth": ["benchmarks.bench_synth", "--format", "sysu", "--ids", "491"],
+    "jaccard": ["benchmarks.bench_jaccard"],
+    "label_transfer": ["benchmarks.bench_label_transfer"],
+}
+
+
+def main(names: list[str]) -> int:
+    unknown = sorted(set(names) - set(SUITE))
+    if unknown:
+        print(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SUITE)}", file=sys.stderr)
+        return 2
+    for name in names or list(SUITE):
+        print(f"== {name}", flush=True)
+        code = subprocess.call([sys.executable, "-m", *SUITE[name]])
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,76 @@
+"""Turning images into embeddings: the encoder interface and its in-process torch implementation.
+
+Everything that needs embeddings (clustering during training, evaluation, gallery indexing) takes an object
+with ``encode(paths, modality) -> float32 [N, D]`` unit-norm rows. ``TorchEncoder`` runs the training model
+in-process; the ONNX Runtime and Triton encoders of ``mult.serving`` have the same method, so the same
+evaluation code can prove a deployment reproduces the training-time numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mult.data.images import load_image
+from mult.data.records import Modality
+from mult.data.transforms import eval_transform
+
+
+class Encoder(Protocol):
+    def encode(self, paths: Sequence[str], modality: Union[Modality, str]) -> np.ndarray:
+        """Unit-norm float32 embeddings [len(paths), D] of the image files, through ``modality``'s stem."""
+        ...
+
+
+class ImageFiles(Dataset):
+    """Image files decoded with Pillow (errors name the file) and passed through ``transform``."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(load_image(self.paths[index]))
+
+
+class TorchEncoder:
+    """Embeds images with a :class:`mult.model.TwoStreamEncoder` in eval mode (no augmentation).
+
+    ``flip=True`` averages each image with its mirror image, as the test protocol does (METHOD.md §8.1);
+    clustering during training uses ``flip=False`` like the reference.
+    """
+
+    def __init__(self, model: torch.nn.Module, height: int, width: int, *, device: Union[str, torch.device] = "cpu",
+                 batch_size: int = 64, flip: bool = True, workers: int = 0, progress: bool = True):
+        self.model = model
+        self.transform = eval_transform(height, width)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.flip = flip
+        self.workers = workers
+        self.progress = progress
+
+    @torch.no_grad()
+    def encode(self, paths: Sequence[str], modality: Union[Modality, str]) -> np.ndarray:
+        modality = Modality(modality)
+        loader = DataLoader(ImageFiles(paths, self.transform), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.workers)
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        try:
+            for batch in tqdm(loader, desc=f"embed {modality.value}", unit="batch", leave=False,
+                              disable=not self.progress):
+                chunks.append(self.model.embed(batch.to(self.device), modality, flip=self.flip).float().cpu())
+        finally:
+            self.model.train(was_training)
+        if not chunks:
+            return np.zeros((0, self.model.feature_dim), dtype=np.float32)
+        return torch.cat(chunks).numpy()

@@ -1,0 +1,98 @@
+"""Each epoch's pseudo-labels: per-modality clustering, then (stage 2) cross-modality association.
+
+Stage 1 (DCL): Jaccard + DBSCAN per modality; outliers (-1) are not trained on.
+Stage 2: the association named by the config turns the DBSCAN clusters into labels for EVERY instance in
+both label spaces plus soft targets (METHOD.md §4.6): MULT, OT-only, PGM-style Hungarian matching, or
+"none" (stage 2 is then DCL continued, the ablation baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+
+from mult.config import TrainConfig
+from mult.train.clustering import cluster_centres, dbscan_cluster, sparse_jaccard_distance
+from mult.train.diagnostics import clustering_quality, cross_label_accuracy
+
+
+@dataclass
+class ModalityClusters:
+    labels: np.ndarray  # DBSCAN labels, -1 = outlier
+    centres: np.ndarray  # [K, D] raw member means (memory initialisation)
+    jaccard: sp.csr_matrix  # the distances DBSCAN used (only pairs with J < 1 stored)
+
+    @property
+    def num_clusters(self) -> int:
+        return self.centres.shape[0]
+
+
+@dataclass
+class EpochLabels:
+    """What one epoch trains on. Stage 1 leaves the cross-modality fields empty."""
+
+    visible: ModalityClusters
+    infrared: ModalityClusters
+    labels_v: np.ndarray  # hard labels used for sampling and memory updates
+    labels_r: np.ndarray
+    cm_labels_v: Optional[np.ndarray] = None  # visible instance -> infrared cluster
+    cm_labels_r: Optional[np.ndarray] = None  # infrared instance -> visible cluster
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # y_rgb, y_ir, y_rgb_cm, y_ir_cm
+
+    @property
+    def cross_modal(self) -> bool:
+        return self.cm_labels_v is not None
+
+
+def cluster_modality(features: np.ndarray, cfg: TrainConfig) -> ModalityClusters:
+    """Jaccard distance (k1, k2) then DBSCAN (eps, min_samples) on one modality's features (METHOD.md §5)."""
+    jaccard = sparse_jaccard_distance(features, cfg.k1, cfg.k2)
+    labels = dbscan_cluster(jaccard, cfg.eps, cfg.min_samples)
+    centres = cluster_centres(features, labels)
+    return ModalityClusters(labels, centres, jaccard)
+
+
+def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig, stage: str) -> EpochLabels:
+    """Pseudo-labels for one epoch of ``stage`` ("dcl" or "mult") from L2-normalised features."""
+    vis, ir = cluster_modality(feats_v, cfg), cluster_modality(feats_r, cfg)
+    if stage == "dcl" or cfg.association == "none":
+        return EpochLabels(vis, ir, vis.labels, ir.labels)
+    if vis.num_clusters == 0 or ir.num_clusters == 0:
+        raise RuntimeError("DBSCAN found no cluster in one modality: nothing to associate (lower eps?)")
+    from mult.train import label_transfer as lt
+
+    if cfg.association == "mult":
+        result = lt.mult_label_transfer(
+            feats_v, feats_r, vis.labels, ir.labels, vis.jaccard, ir.jaccard, alpha=cfg.alpha, lam=cfg.ot_lambda,
+            temp=cfg.temp, max_iter=cfg.lp_iters, tol=cfg.lp_tol, homogeneous=cfg.homogeneous)
+    elif cfg.association == "ot":
+        result = lt.ot_association(feats_v, feats_r, vis.labels, ir.labels, lam=cfg.ot_lambda)
+    elif cfg.association == "hungarian":
+        result = lt.hungarian_association(feats_v, feats_r, vis.labels, ir.labels)
+    else:
+        raise ValueError(f"unknown association {cfg.association!r}")
+    hard = result.hard_labels()
+    y_rgb, y_ir, y_rgb_cm, y_ir_cm = (result.targets(cfg.beta)[name] for name in ("visible", "infrared", "visible_to_infrared", "infrared_to_visible"))
+    return EpochLabels(
+        vis, ir, hard["visible"], hard["infrared"], hard["visible_to_infrared"], hard["infrared_to_visible"],
+        targets={"y_rgb": y_rgb, "y_ir": y_ir, "y_rgb_cm": y_rgb_cm, "y_ir_cm": y_ir_cm})
+
+
+def label_diagnostics(labels: EpochLabels, pids_v: np.ndarray, pids_r: np.ndarray) -> dict[str, object]:
+    """Cluster counts always; quality against ground truth when it is known (diagnostics only)."""
+    out: dict[str, object] = {"clusters_v": labels.visible.num_clusters, "clusters_r": labels.infrared.num_clusters}
+    for name, clusters, final, pids in (("v", labels.visible, labels.labels_v, pids_v),
+                                        ("r", labels.infrared, labels.labels_r, pids_r)):
+        quality = clustering_quality(clusters.labels, pids)
+        if quality:
+            out[f"dbscan_{name}"] = quality
+            if labels.cross_modal:
+                out[f"assigned_{name}"] = clustering_quality(final, pids)
+    if labels.cross_modal and (pids_v >= 0).all() and (pids_r >= 0).all():
+        # before: the DBSCAN clusters' majority ids; after: MULT's cross-space labels against them
+        out["cross_acc_v2r"] = cross_label_accuracy(labels.cm_labels_v, pids_v, labels.infrared.labels, pids_r)
+        out["cross_acc_r2v"] = cross_label_accuracy(labels.cm_labels_r, pids_r, labels.visible.labels, pids_v)
+    return out

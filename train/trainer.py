@@ -1,0 +1,279 @@
+"""The training engine: per epoch extract → cluster → (associate) → memories → SGD steps → record.
+
+Stage 1 (epochs < ``stage_one_epochs``) trains with DCL on DBSCAN labels; stage 2 with AMIRL + OCLR on the
+association's labels (METHOD.md §2, §6, §7). One checkpoint per epoch, written atomically; ``resume=True``
+continues from it. Every epoch reseeds its random streams from (seed, epoch, rank), so a resumed run takes
+exactly the steps an uninterrupted one would. Launch under ``torchrun`` for several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mult.config import TrainConfig
+from mult.data.transforms import train_transforms
+from mult.errors import MultError
+from mult.evaluation import evaluate_dataset
+from mult.features import TorchEncoder
+from mult.io import save_torch_atomic, write_text_atomic
+from mult.model import TwoStreamEncoder
+from mult.train.data import PairedImages, load_training_set, paired_loader
+from mult.train.distributed import DistContext
+from mult.train.losses import UnifiedSpace, amirl_loss, dcl_loss
+from mult.train.memory import ClusterMemory
+from mult.train.plots import plot_run
+from mult.train.pseudo_labels import EpochLabels, label_diagnostics, make_epoch_labels
+from mult.train.run import RunDir, load_checkpoint
+from mult.train.samplers import stage_one_batches, stage_two_batches
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MultError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """One independent seed per (run seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(x, device=device)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, init_from: Optional[Path] = None,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.run = RunDir(Path(run_dir))
+        probe_device = resolve_device(cfg.device)
+        self.dist = DistContext.from_environment(probe_device.type)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        self.progress = progress and self.dist.is_main
+        self.data = load_training_set(cfg.dataset, Path(cfg.data_root), regdb_split=cfg.regdb_split)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = TwoStreamEncoder(depth=cfg.depth, pretrained=cfg.pretrained).to(self.device)
+        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
+                                          lr=cfg.lr_at(0), weight_decay=cfg.weight_decay)
+        self.start_epoch = 0
+        if resume:
+            self._resume()
+        elif init_from is not None:
+            self._init_from(Path(init_from))
+        if self.dist.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run.config_path)
+        self.net = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                            else None) if self.dist.enabled else self.model)
+        self.amp = cfg.amp and self.device.type == "cuda"
+
+    # ---- state ------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        if not self.run.checkpoint_path.is_file():
+            raise MultError(f"{self.run.checkpoint_path}: nothing to resume; start without --resume")
+        state = load_checkpoint(self.run.checkpoint_path, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = int(state["epoch"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        self.say(f"resumed {self.run.path} at epoch {self.start_epoch}")
+
+    def _init_from(self, source: Path) -> None:
+        """Stage 2 from a stage-1 run: its weights, a fresh Adam (as the reference), start at stage 2."""
+        other = RunDir(source).require()
+        self.model.load_state_dict(other.checkpoint(self.device)["model"])
+        self.start_epoch = self.cfg.stage_one_epochs
+        self.say(f"initialised from {source}; starting stage 2 at epoch {self.start_epoch}")
+
+    def _save(self, epoch: int, memories: dict[str, ClusterMemory]) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch + 1,  # the next epoch to run
+            "config": self.cfg.to_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "memories": {name: m.features.cpu() for name, m in memories.items()},
+        }
+        save_torch_atomic(state, self.run.checkpoint_path)
+
+    def _record(self, entry: dict) -> None:
+        """Append one epoch to metrics.jsonl, dropping lines of epochs a resume is re-running."""
+        kept = [m for m in self.run.metrics() if m.get("epoch", -1) < entry["epoch"]]
+        write_text_atomic(self.run.metrics_path, "".join(json.dumps(m) + "\n" for m in [*kept, entry]))
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            tqdm.write(message)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    def fit(self, stop_after: Optional[int] = None) -> dict:
+        """Train from ``start_epoch`` to ``cfg.epochs`` (or through epoch ``stop_after``, 0-based exclusive
+        count: ``stop_after=1`` runs one epoch); return the last evaluation (protocol -> mean row)."""
+        cfg = self.cfg
+        last_eval: dict = {}
+        if self.start_epoch == 0 and cfg.eval_every > 0:
+            last_eval = self.evaluate()
+            if self.dist.is_main:
+                self._record({"epoch": -1, "stage": "init", "eval": last_eval})
+        end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+        for epoch in range(self.start_epoch, end):
+            started = time.time()
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, self.dist.rank))
+            stage = cfg.stage_of(epoch)
+            labels = self.pseudo_labels(epoch, stage)
+            memories = self.build_memories(labels)
+            losses = self.train_epoch(epoch, stage, labels, memories)
+            entry = {"epoch": epoch, "stage": stage, "lr": cfg.lr_at(epoch), "seconds": 0.0, **losses,
+                     **label_diagnostics(labels, self.data.visible_pids, self.data.infrared_pids)}
+            if cfg.eval_every > 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                last_eval = entry["eval"] = self.evaluate()
+            entry["seconds"] = round(time.time() - started, 2)
+            if self.dist.is_main:
+                self._record(entry)
+                self._save(epoch, memories)
+                plot_run(self.run)
+                self.say(_epoch_line(entry))
+            self.dist.barrier()
+        return last_eval
+
+    def extract(self) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised features of every training image (eval mode, no flip: METHOD.md §2), all ranks."""
+        encoder = TorchEncoder(self.model, self.cfg.height, self.cfg.width, device=self.device, flip=False,
+                               workers=self.cfg.workers, progress=self.progress)
+        out = []
+        for paths, modality in ((self.data.visible_paths, "visible"), (self.data.infrared_paths, "infrared")):
+            mine = encoder.encode(paths[self.dist.shard(len(paths))], modality)
+            out.append(self.dist.gather_rows(torch.from_numpy(mine).to(self.device)).cpu().numpy())
+        return out[0], out[1]
+
+    def pseudo_labels(self, epoch: int, stage: str) -> EpochLabels:
+        feats_v, feats_r = self.extract()
+        labels = None
+        if self.dist.is_main:
+            self.say(f"epoch {epoch}: clustering {len(feats_v)} visible + {len(feats_r)} infrared features")
+            labels = make_epoch_labels(feats_v, feats_r, self.cfg, stage)
+        return self.dist.broadcast(labels)
+
+    def build_memories(self, labels: EpochLabels) -> dict[str, ClusterMemory]:
+        """Two memories in stage 1; the six of METHOD.md §6.2 in stage 2, all from the DBSCAN centres."""
+        cfg = self.cfg
+        cv, cr = (_to_tensor(c.centres, self.device) for c in (labels.visible, labels.infrared))
+        if cv.shape[0] == 0 or cr.shape[0] == 0:
+            raise RuntimeError("DBSCAN found no cluster in one modality; lower eps or train longer first")
+        mems = {"v": ClusterMemory(cv, cfg.temp, cfg.momentum), "r": ClusterMemory(cr, cfg.temp, cfg.momentum)}
+        if labels.cross_modal:
+            mems.update(rcm=ClusterMemory(cv, cfg.temp, cfg.momentum), vcm=ClusterMemory(cr, cfg.temp, cfg.momentum),
+                        va=ClusterMemory(cv, cfg.temp, cfg.momentum_cross),
+                        ra=ClusterMemory(cr, cfg.temp, cfg.momentum_cross))
+        return mems
+
+    def train_epoch(self, epoch: int, stage: str, labels: EpochLabels, mems: dict[str, ClusterMemory]) -> dict:
+        cfg, dev = self.cfg, self.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        rng = np.random.default_rng(epoch_seed(cfg.seed, epoch, self.dist.rank))
+        steps = cfg.iters_stage_one if stage == "dcl" else cfg.iters_stage_two
+        if labels.cross_modal:
+            batches = stage_two_batches(labels.labels_v, labels.labels_r, labels.cm_labels_v, labels.cm_labels_r,
+                                        p=cfg.num_ids, k=cfg.num_instances, steps=steps, rng=rng)
+        else:
+            batches = stage_one_batches(labels.labels_v, labels.labels_r, p=cfg.num_ids, k=cfg.num_instances,
+                                        steps=steps, rng=rng)
+        dataset = PairedImages(self.data.visible_paths, self.data.infrared_paths,
+                               train_transforms(1 if stage == "dcl" else 2, cfg.height, cfg.width))
+        loader = paired_loader(dataset, batches, workers=cfg.workers, seed=epoch_seed(cfg.seed, epoch, 1000 + self.dist.rank))
+        lv, lr = _to_tensor(labels.labels_v, dev), _to_tensor(labels.labels_r, dev)
+        targets = {k: _to_tensor(v, dev).float() for k, v in labels.targets.items()}
+        even = epoch % 2 == 0  # METHOD.md §6.3: parity of the absolute epoch picks the label space
+        totals: dict[str, float] = {}
+        self.model.train()
+        bar = tqdm(loader, total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs} {stage}", unit="step",
+                   disable=not self.progress, leave=False)
+        for v0, v1, r, vi, ri in bar:
+            v0, v1, r, vi, ri = (t.to(dev, non_blocking=True) for t in (v0, v1, r, vi, ri))
+            with torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext():
+                f_v, f_r = self.net(torch.cat([v0, v1]), r)
+            f_v, f_r = f_v.float(), f_r.float()
+            f_v0, f_v1 = f_v.chunk(2)
+            if labels.cross_modal:
+                space = (UnifiedSpace(mems["v"], mems["rcm"], mems["va"], mems["r"], other_is_visible=False) if even
+                         else UnifiedSpace(mems["vcm"], mems["r"], mems["ra"], mems["v"], other_is_visible=True))
+                y_vis = targets["y_rgb"][vi] if even else targets["y_rgb_cm"][vi]
+                y_ir = targets["y_ir_cm"][ri] if even else targets["y_ir"][ri]
+                y_other = targets["y_ir"][ri] if even else targets["y_rgb"][vi]
+                parts = amirl_loss(space, f_v0, f_v1, f_r, y_vis, y_ir, y_other, use_oclr=cfg.oclr,
+                                   oclr_ratio=cfg.oclr_ratio, oclr_detach=cfg.oclr_detach)
+            else:
+                parts = {"total": dcl_loss(mems["v"], mems["r"], f_v0, f_v1, f_r, lv[vi], lr[ri])}
+            self.optimizer.zero_grad(set_to_none=True)
+            parts["total"].backward()
+            self.optimizer.step()
+            self._update_memories(mems, labels, even, f_v0, f_v1, f_r, vi, ri)
+            values = {k: v.detach().item() for k, v in parts.items()}
+            for k, v in values.items():
+                totals[k] = totals.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{values['total']:.3f}")
+        self.dist.sync_buffers(self.model)
+        return {f"loss_{k}" if k != "total" else "loss": v / max(len(batches), 1) for k, v in totals.items()}
+
+    @torch.no_grad()
+    def _update_memories(self, mems, labels: EpochLabels, even: bool, f_v0, f_v1, f_r, vi, ri) -> None:
+        """Hard-label momentum updates (METHOD.md §6.2 table), with every rank's batch so memories agree."""
+        gather, dev = self.dist.gather_rows, f_r.device
+        vis_rows = torch.cat([vi, vi])  # both visible views of each sampled image
+
+        def hard(array: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+            return gather(_to_tensor(array, dev)[rows])
+
+        f_vis, f_ir = gather(torch.cat([f_v0, f_v1]).detach()), gather(f_r.detach())
+        own_v, own_r = hard(labels.labels_v, vis_rows), hard(labels.labels_r, ri)
+        mems["v"].update(f_vis, own_v)
+        mems["r"].update(f_ir, own_r)
+        if not labels.cross_modal:
+            return
+        if even:
+            cm_r = hard(labels.cm_labels_r, ri)
+            mems["rcm"].update(f_ir, cm_r)
+            mems["va"].update(torch.cat([f_vis, f_ir]), torch.cat([own_v, cm_r]))
+        else:
+            cm_v = hard(labels.cm_labels_v, vis_rows)
+            mems["vcm"].update(f_vis, cm_v)
+            mems["ra"].update(torch.cat([f_vis, f_ir]), torch.cat([cm_v, own_r]))
+
+    def evaluate(self) -> dict:
+        """The dataset's test protocol on the current weights (rank 0; flip-averaged features)."""
+        if not self.dist.is_main:
+            return {}
+        encoder = TorchEncoder(self.model, self.cfg.height, self.cfg.width, device=self.device, flip=True,
+                               workers=self.cfg.workers, progress=self.progress)
+        results = evaluate_dataset(encoder, self.cfg.dataset, Path(self.cfg.data_root), trials=self.cfg.eval_trials,
+                                   split=self.cfg.regdb_split)
+        return {name: summary.mean.as_dict() for name, summary in results.items()}
+
+
+def _epoch_line(entry: dict) -> str:
+    parts = [f"epoch {entry['epoch'] + 1} [{entry['stage']}] loss {entry.get('loss', float('nan')):.3f}",
+             f"clusters v/r {entry['clusters_v']}/{entry['clusters_r']}"]
+    for key in ("dbscan_v", "dbscan_r"):
+        if key in entry and "ari" in entry[key]:
+            parts.append(f"ARI {key[-1]} {entry[key]['ari']:.3f}")
+    for name, row in entry.get("eval", {}).items():
+        parts.append(f"{name} R1 {row['rank1']:.1f} mAP {row['mAP']:.1f}")
+    parts.append(f"{entry['seconds']:.0f}s")
+    return " | ".join(parts)
