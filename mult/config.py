@@ -28,6 +28,8 @@ class TrainConfig:
     # model
     depth: str = "resnet50"
     pretrained: Optional[str] = "imagenet"  # "imagenet", a .pth path, or None for random init
+    calibrate_bn: bool = False  # re-estimate BN statistics before epoch 0 (see mult.train.precise_bn)
+    stage_one_augment: str = "paper"  # paper: METHOD.md §3.2 stage-1 pipelines; light: the milder stage-2 ones
     # schedule (absolute epochs, METHOD.md §2)
     epochs: int = 90
     stage_one_epochs: int = 40
@@ -115,13 +117,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sysu": {},
     "regdb": {"dataset": "regdb", "eps": 0.3, "iters_stage_one": 100, "iters_stage_two": 100},
     "synth-demo": {
-        "depth": "resnet18", "pretrained": None, "height": 128, "width": 64, "workers": 2,
+        "depth": "resnet18", "pretrained": None, "calibrate_bn": True, "height": 128, "width": 64, "workers": 2,
         "epochs": 10, "stage_one_epochs": 6, "iters_stage_one": 25, "iters_stage_two": 25,
         "lr_milestones": (100,), "num_ids": 6, "num_instances": 4, "k1": 15, "k2": 4,
         "eval_every": 2,
     },
     "tiny": {
-        "depth": "resnet18", "pretrained": None, "height": 64, "width": 32, "workers": 0,
+        "depth": "resnet18", "pretrained": None, "calibrate_bn": True, "height": 64, "width": 32, "workers": 0,
         "epochs": 4, "stage_one_epochs": 2, "iters_stage_one": 2, "iters_stage_two": 2,
         "lr_milestones": (100,), "num_ids": 2, "num_instances": 2, "k1": 6, "k2": 3, "eps": 0.6,
         "min_samples": 2, "eval_every": 2, "eval_trials": 2,

@@ -37,7 +37,10 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(load_image(self.paths[index]))
+        return self.load(self.paths[index])
+
+    def load(self, path: str) -> torch.Tensor:
+        return self.transform(load_image(path))
 
 
 class TorchEncoder:

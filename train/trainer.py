@@ -20,10 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mult.config import TrainConfig
-from mult.data.transforms import train_transforms
+from mult.data.transforms import eval_transform, train_transforms
 from mult.errors import MultError
 from mult.evaluation import evaluate_dataset
-from mult.features import TorchEncoder
+from mult.features import ImageFiles, TorchEncoder
 from mult.io import save_torch_atomic, write_text_atomic
 from mult.model import TwoStreamEncoder
 from mult.train.data import PairedImages, load_training_set, paired_loader
@@ -31,6 +31,7 @@ from mult.train.distributed import DistContext
 from mult.train.losses import UnifiedSpace, amirl_loss, dcl_loss
 from mult.train.memory import ClusterMemory
 from mult.train.plots import plot_run
+from mult.train.precise_bn import recalibrate_batchnorm
 from mult.train.pseudo_labels import EpochLabels, label_diagnostics, make_epoch_labels
 from mult.train.run import RunDir, load_checkpoint
 from mult.train.samplers import stage_one_batches, stage_two_batches
@@ -127,6 +128,8 @@ class Trainer:
         count: ``stop_after=1`` runs one epoch); return the last evaluation (protocol -> mean row)."""
         cfg = self.cfg
         last_eval: dict = {}
+        if self.start_epoch == 0 and cfg.calibrate_bn:
+            self.calibrate_bn()
         if self.start_epoch == 0 and cfg.eval_every > 0:
             last_eval = self.evaluate()
             if self.dist.is_main:
@@ -151,6 +154,20 @@ class Trainer:
                 self.say(_epoch_line(entry))
             self.dist.barrier()
         return last_eval
+
+    def calibrate_bn(self, batches: int = 8, batch_size: int = 32) -> None:
+        """PreciseBN before the first extraction (see mult.train.precise_bn); same images on every rank."""
+        rng = np.random.default_rng([self.cfg.seed, 1 << 20])  # a stream no epoch uses
+        images = ImageFiles([], eval_transform(self.cfg.height, self.cfg.width))
+
+        def stack(paths: list[str]) -> torch.Tensor:
+            picks = rng.choice(len(paths), size=min(batch_size, len(paths)), replace=False)
+            return torch.stack([images.load(paths[i]) for i in picks]).to(self.device)
+
+        used = recalibrate_batchnorm(self.model, ((stack(self.data.visible_paths), stack(self.data.infrared_paths))
+                                                  for _ in range(batches)))
+        self.dist.sync_buffers(self.model)
+        self.say(f"re-estimated BatchNorm statistics on {used} batches of {batch_size}+{batch_size} images")
 
     def extract(self) -> tuple[np.ndarray, np.ndarray]:
         """L2-normalised features of every training image (eval mode, no flip: METHOD.md §2), all ranks."""
@@ -196,7 +213,7 @@ class Trainer:
             batches = stage_one_batches(labels.labels_v, labels.labels_r, p=cfg.num_ids, k=cfg.num_instances,
                                         steps=steps, rng=rng)
         dataset = PairedImages(self.data.visible_paths, self.data.infrared_paths,
-                               train_transforms(1 if stage == "dcl" else 2, cfg.height, cfg.width))
+                               train_transforms(self._augment_stage(stage), cfg.height, cfg.width))
         loader = paired_loader(dataset, batches, workers=cfg.workers, seed=epoch_seed(cfg.seed, epoch, 1000 + self.dist.rank))
         lv, lr = _to_tensor(labels.labels_v, dev), _to_tensor(labels.labels_r, dev)
         targets = {k: _to_tensor(v, dev).float() for k, v in labels.targets.items()}
@@ -231,6 +248,10 @@ class Trainer:
             bar.set_postfix(loss=f"{values['total']:.3f}")
         self.dist.sync_buffers(self.model)
         return {f"loss_{k}" if k != "total" else "loss": v / max(len(batches), 1) for k, v in totals.items()}
+
+    def _augment_stage(self, stage: str) -> int:
+        """Which §3.2 pipelines to use: stage 1's, unless the config asks for the lighter stage-2 ones."""
+        return 1 if stage == "dcl" and self.cfg.stage_one_augment == "paper" else 2
 
     @torch.no_grad()
     def _update_memories(self, mems, labels: EpochLabels, even: bool, f_v0, f_v1, f_r, vi, ri) -> None:

@@ -14,7 +14,7 @@ import secrets
 import shutil
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
@@ -195,7 +195,7 @@ def _render_all(chunks: list[_Chunk], total: int, workers: int, progress: bool, 
             pending = {pool.submit(_render_chunk, chunk) for chunk in chunks}
             try:
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)  # result() re-raises a failure
                     for future in done:
                         bar.update(future.result())
             except BaseException:
