@@ -15,8 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,25 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import cpu_model, peak_rss_mib, run_child as spawn_child, write_json
+
 METHODS = ("reference", "mult")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB.
-
-    Linux's ``ru_maxrss`` survives ``exec``: a child started from a parent holding 1.5 GB of generated
-    features would report at least 1.5 GB. ``VmHWM`` belongs to the current address space only, so
-    it is read first; ``ru_maxrss`` is the fallback on systems without /proc.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def run_child(method: str, work: Path, k1: int, k2: int, eps: float, rows: np.ndarray) -> dict:
@@ -54,7 +38,7 @@ def run_child(method: str, work: Path, k1: int, k2: int, eps: float, rows: np.nd
     from mult.train.clustering import dbscan_cluster, sparse_jaccard_distance
 
     features = np.load(work / "features.npy")
-    base_rss = _peak_rss_mb()
+    base_rss = peak_rss_mib()
     stages: dict[str, float] = {}
     start = time.perf_counter()
     if method == "reference":
@@ -77,7 +61,7 @@ def run_child(method: str, work: Path, k1: int, k2: int, eps: float, rows: np.nd
     return {
         "jaccard_s": round(jaccard_s, 3),
         "dbscan_s": round(dbscan_s, 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mib(), 1),
         "rss_before_mb": round(base_rss, 1),
         "pairs_below_1": stored,
         "clusters": int(labels.max() + 1),
@@ -87,14 +71,8 @@ def run_child(method: str, work: Path, k1: int, k2: int, eps: float, rows: np.nd
 
 
 def _spawn(method: str, work: Path, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable, "-m", "benchmarks.bench_jaccard", "--child", method, "--work", str(work),
-        "--k1", str(args.k1), "--k2", str(args.k2), "--eps", str(args.eps),
-    ]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{method} child failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return spawn_child("benchmarks.bench_jaccard", method, work,
+                       ["--k1", str(args.k1), "--k2", str(args.k2), "--eps", str(args.eps)])
 
 
 def _median_of(runs: list[dict]) -> dict:
@@ -135,22 +113,8 @@ def bench_one(n: int, args: argparse.Namespace) -> dict:
     return result
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _print_table(results: list[dict]) -> None:
@@ -197,16 +161,16 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "jaccard",
         "machine": {
             "platform": platform.platform(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "load_average_1m_at_start": load_at_start,
         },
         "results": results,
     }
-    _write_json(args.out, payload)
+    write_json(args.out, payload)
     _print_table(results)
-    print(f"{_cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+    print(f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"1-min load average at start {load_at_start:.2f}; wrote {args.out}")
 
 

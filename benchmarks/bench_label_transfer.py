@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,21 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import peak_rss_mib, run_child as spawn_child, write_json
+
 METHODS = ("reference", "ours")
 MATRICES = ("visible", "infrared_to_visible", "infrared", "visible_to_infrared")
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process's address space in MiB (VmHWM; ru_maxrss survives exec)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -162,12 +151,8 @@ def cross_label_accuracy(res, data) -> dict[str, float]:
 
 
 def _spawn(method: str, work: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_label_transfer", "--child", method, "--work", str(work),
-           "--method", args.method] + (["--threads", str(args.threads)] if args.threads else [])
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{method} child failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return spawn_child("benchmarks.bench_label_transfer", method, work,
+                       ["--method", args.method] + (["--threads", str(args.threads)] if args.threads else []))
 
 
 def bench_size(nv: int, nr: int, args: argparse.Namespace) -> dict:
@@ -191,10 +176,6 @@ def bench_size(nv: int, nr: int, args: argparse.Namespace) -> dict:
     return result
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    from mult.io import write_text_atomic
-
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _print_table(results: list[dict]) -> None:
@@ -255,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "results": results,
     }
-    _write_json(args.out, payload)
+    write_json(args.out, payload)
     _print_table(results)
     print(f"wrote {args.out}")
 

@@ -6,9 +6,7 @@ import socket
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
-import pytest
 import torch
 
 from mult.config import preset_config
@@ -38,27 +36,31 @@ def test_dcl_run_writes_a_complete_run_directory(synth_sysu_small, tmp_path):
     assert run.checkpoint()["epoch"] == 2
 
 
-def test_resume_after_interruption_gives_identical_weights(synth_sysu_small, tmp_path):
-    cfg = tiny(synth_sysu_small)
+def test_resume_across_the_stage_boundary_gives_identical_weights(synth_sysu_small, tmp_path):
+    # epochs 0-1: DCL; epoch 2: MULT + AMIRL + OCLR with the six memories
+    cfg = tiny(synth_sysu_small, epochs=3, stage_one_epochs=2, association="mult")
     straight = Trainer(cfg, tmp_path / "a", progress=False)
     straight.fit()
 
     interrupted = Trainer(cfg, tmp_path / "b", progress=False)
-    interrupted.fit(stop_after=1)  # as if killed during epoch 2: the last checkpoint is after epoch 1
-    assert RunDir(tmp_path / "b").checkpoint()["epoch"] == 1
+    interrupted.fit(stop_after=2)  # as if killed during epoch 3: the last checkpoint is after epoch 2
+    assert RunDir(tmp_path / "b").checkpoint()["epoch"] == 2
     resumed = Trainer(cfg, tmp_path / "b", resume=True, progress=False)
-    assert resumed.start_epoch == 1
+    assert resumed.start_epoch == 2
     resumed.fit()
 
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [m["epoch"] for m in RunDir(tmp_path / "b").metrics()] == [0, 1, 2]
+    lines = list(RunDir(tmp_path / "b").metrics())
+    assert [m["epoch"] for m in lines] == [0, 1, 2]
+    assert [m["stage"] for m in lines] == ["dcl", "dcl", "mult"]
+    assert {"loss_intra", "loss_cross", "loss_oclr", "cross_acc_v2r", "cross_acc_r2v"} <= set(lines[2])
+    assert set(RunDir(tmp_path / "b").checkpoint()["memories"]) == {"v", "r", "rcm", "vcm", "va", "ra"}
 
 
 WORKER = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
-from pathlib import Path
 import torch
 from mult.config import TrainConfig
 from mult.train.trainer import Trainer

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from mult.data.synth.cameras import sysu_cameras
