@@ -35,3 +35,15 @@ def save_torch_atomic(obj: object, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def read_dataset_text(path: Path, missing_hint: str) -> str:
+    """A dataset's small text file (id lists, idx files), or a one-line MultError naming it."""
+    from mult.errors import MultError
+
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MultError(f"{path}: missing; {missing_hint}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MultError(f"{path}: cannot be read ({type(err).__name__}); restore it from the dataset archive") from None

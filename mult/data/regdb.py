@@ -17,6 +17,7 @@ from typing import Literal, Union
 from mult.data.folder import as_modality
 from mult.data.records import Modality, Record
 from mult.errors import MultError
+from mult.io import read_dataset_text
 
 SPLITS: tuple[int, ...] = tuple(range(1, 11))
 PARTS: tuple[str, ...] = ("train", "test")
@@ -78,12 +79,7 @@ def parse_idx_lines(text: str, source: str) -> tuple[list[IdxEntry], list[str]]:
 
 def read_idx_file(path: Path) -> list[IdxEntry]:
     """Read one idx file; MultError on a missing file or the first malformed line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MultError(f"{path}: missing; RegDB needs idx/{{train,test}}_{{visible,thermal}}_{{1..10}}.txt") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise MultError(f"{path}: cannot be read ({type(err).__name__}); restore it from the dataset archive") from None
+    text = read_dataset_text(path, "RegDB needs idx/{train,test}_{visible,thermal}_{1..10}.txt")
     entries, problems = parse_idx_lines(text, str(path))
     if problems:
         more = f" (and {len(problems) - 1} more malformed lines)" if len(problems) > 1 else ""

@@ -30,6 +30,7 @@ from mult.data.folder import as_modality
 from mult.data.images import list_image_files
 from mult.data.records import Modality, Record
 from mult.errors import MultError
+from mult.io import read_dataset_text
 
 VISIBLE_CAMERAS: tuple[int, ...] = (1, 2, 4, 5)
 INFRARED_CAMERAS: tuple[int, ...] = (3, 6)
@@ -100,12 +101,7 @@ def parse_id_line(text: str, source: str) -> list[int]:
 
 def read_id_file(path: Path) -> list[int]:
     """Read one ``exp/*_id.txt`` file (see :func:`parse_id_line`)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MultError(f"{path}: missing; SYSU-MM01 needs exp/train_id.txt, val_id.txt and test_id.txt") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise MultError(f"{path}: cannot be read ({type(err).__name__}); restore it from the dataset archive") from None
+    text = read_dataset_text(path, "SYSU-MM01 needs exp/train_id.txt, val_id.txt and test_id.txt")
     return parse_id_line(text, str(path))
 
 
