@@ -240,6 +240,38 @@ def evaluate(
         typer.echo("\n\n".join(summary.render() for summary in results.values()))
 
 
+@app.command("export")
+def export(
+    source: Path = typer.Argument(..., help="A `mult train` run directory or a checkpoint file."),
+    repo: Path = typer.Option(Path("model_repository"), "--repo", help="Triton model repository to write into."),
+    version: Optional[int] = typer.Option(None, "--version", min=1, help="Version number (default: the next free one)."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Average with the mirrored image inside the graph."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Add the TensorRT FP16 accelerator block (GPU hosts)."),
+    max_batch_size: int = typer.Option(64, "--max-batch-size", min=1, help="Triton max_batch_size."),
+    calibration_image: list[Path] = typer.Option([], "--image", help="Images for the parity check (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the export summary as JSON."),
+) -> None:
+    """Export both stems to ONNX (uint8 NHWC in, L2-normalised embeddings out) as Triton models
+    mult_visible and mult_infrared, with config.pbtxt, a manifest and a torch-vs-ONNX-Runtime parity check.
+
+    Example: mult export runs/demo --repo model_repository
+    """
+    from mult.export.repository import write_model_repository
+
+    result = write_model_repository(source, repo, version=version, flip=flip, tensorrt=tensorrt,
+                                    max_batch_size=max_batch_size, calibration_images=calibration_image or None)
+    summary = result.to_dict()
+    if as_json:
+        _print_json(summary)
+        return
+    typer.echo(f"exported version {result.version} to {result.repo} "
+               f"(input {result.height}x{result.width}x3 uint8, embeddings {result.embedding_size}-d)")
+    for name, model in result.models.items():
+        parity = model.parity
+        typer.echo(f"  {name}: {model.onnx_path}  parity max|diff| {parity.max_abs_diff:.2e}, "
+                   f"min cos {parity.min_cosine:.6f} ({model.parity_images})")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning expected mistakes into one line and exit status 2."""
     try:

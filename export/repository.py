@@ -1,0 +1,392 @@
+"""Write a Triton model repository from a training run: one ONNX model per stem, with config and manifest.
+
+```
+REPO/
+  mult_visible/
+    config.pbtxt          platform onnxruntime_onnx (the official Triton container), dynamic batching
+    1/model.onnx          uint8 [-1, H, W, 3] RGB -> FP32 [-1, D] unit embeddings
+    1/manifest.json       source checkpoint sha256, sizes, opset, flip, parity figures, created time
+  mult_infrared/
+    ...
+```
+
+Both models always get the same version number, so ``mult_visible/3`` and ``mult_infrared/3`` come from
+the same checkpoint. Each version directory is built under a hidden temporary name (``.tmp-*``, which Triton
+ignores: it only loads numeric version folders) and renamed into place once both ONNX files passed the
+parity check, so a crash never leaves a half-written version behind.
+
+The local ``mult serve`` server has only the python backend (ENVIRONMENT.md); it serves the same
+``model.onnx`` files through its own wrapper and does not read these ``config.pbtxt`` files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from mult.config import TrainConfig
+from mult.data.records import Modality
+from mult.errors import MultError
+from mult.export.onnx_export import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ParityReport,
+    export_onnx,
+    parity_check,
+)
+from mult.io import write_text_atomic
+
+MODEL_NAMES: dict[Modality, str] = {Modality.visible: "mult_visible", Modality.infrared: "mult_infrared"}
+ONNX_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
+MANIFEST_FILE = "manifest.json"
+#: Number of images the parity check runs (batch 1 and batch N, N odd so it differs from any export batch).
+PARITY_IMAGES = 7
+#: Dynamic batcher wait: 100 us is the Triton docs' suggested starting point for latency-bound models.
+DEFAULT_QUEUE_DELAY_US = 100
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """One served model of a repository version."""
+
+    name: str
+    modality: str
+    version: int
+    onnx_path: Path
+    config_path: Path
+    manifest_path: Path
+    parity: ParityReport
+    parity_images: str
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`write_model_repository` wrote."""
+
+    repo: Path
+    version: int
+    height: int
+    width: int
+    embedding_size: int
+    models: dict[str, ExportedModel] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for ``mult export --json``)."""
+        return {
+            "repo": str(self.repo),
+            "version": self.version,
+            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, self.height, self.width, 3]},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, self.embedding_size]},
+            "models": {
+                name: {
+                    "modality": m.modality,
+                    "onnx": str(m.onnx_path),
+                    "config": str(m.config_path),
+                    "manifest": str(m.manifest_path),
+                    "parity": {**m.parity.to_dict(), "images": m.parity_images},
+                }
+                for name, m in self.models.items()
+            },
+        }
+
+
+# ---- config.pbtxt --------------------------------------------------------------------------------------
+
+
+def triton_config(
+    name: str,
+    *,
+    height: int,
+    width: int,
+    embedding_size: int,
+    max_batch_size: int = 64,
+    tensorrt: bool = False,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instance_kind: str = "KIND_AUTO",
+    instance_count: int = 1,
+) -> str:
+    """The ``config.pbtxt`` of one model for the official Triton container (onnxruntime backend).
+
+    ``max_batch_size > 0`` makes the batch dimension implicit, so ``dims`` exclude it; the ONNX graph has
+    a symbolic batch axis to match. ``model_warmup`` sends one all-zero batch at load (the model is not
+    READY before, so the first real request does not pay for lazy initialisation or a TensorRT build).
+    ``tensorrt`` adds the ONNX Runtime TensorRT execution accelerator in FP16 (onnxruntime_backend README).
+    """
+    if int(max_batch_size) < 1:
+        raise MultError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if instance_kind not in INSTANCE_KINDS:
+        raise MultError(f"instance kind {instance_kind!r} unknown: use one of {', '.join(INSTANCE_KINDS)}")
+    dims = f"[ {int(height)}, {int(width)}, 3 ]"
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {int(max_batch_size)}",
+        "input [",
+        f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: {dims} }}',
+        "]",
+        "output [",
+        f'  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {int(embedding_size)} ] }}',
+        "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {int(max_queue_delay_us)} }}",
+        f"instance_group [ {{ count: {int(instance_count)} kind: {instance_kind} }} ]",
+        "model_warmup [",
+        "  {",
+        '    name: "zeros"',
+        "    batch_size: 1",
+        f'    inputs {{ key: "{INPUT_NAME}" value {{ data_type: TYPE_UINT8 dims: {dims} zero_data: true }} }}',
+        "  }",
+        "]",
+    ]
+    if tensorrt:
+        lines += [
+            "optimization { execution_accelerators {",
+            "  gpu_execution_accelerator : [ {",
+            '    name : "tensorrt"',
+            '    parameters { key: "precision_mode" value: "FP16" }',
+            '    parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+            "  } ]",
+            "} }",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- versions ------------------------------------------------------------------------------------------
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """Numeric version folders of one model (what Triton would load), sorted."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(repo: Path) -> int:
+    """The first version number free in every mult model of ``repo`` (1 for a new repository)."""
+    used = [v for name in MODEL_NAMES.values() for v in existing_versions(repo / name)]
+    return max(used, default=0) + 1
+
+
+# ---- inputs --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_file(source: Path) -> Path:
+    if source.is_dir():
+        from mult.train.run import RunDir
+
+        return RunDir(source).require().checkpoint_path
+    return source
+
+
+def _load_resized(paths: Sequence[str], height: int, width: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB, resized as the evaluation transform does (PIL bilinear)."""
+    from PIL import Image
+
+    from mult.data.images import load_image
+
+    return np.stack([np.asarray(load_image(p).resize((width, height), Image.BILINEAR)) for p in paths])
+
+
+def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Deterministic random uint8 images [n, H, W, 3] (used when no dataset image is at hand)."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
+
+
+def parity_images(
+    modality: Modality,
+    cfg: Optional[TrainConfig],
+    height: int,
+    width: int,
+    *,
+    n: int = PARITY_IMAGES,
+    calibration_images: Optional[Sequence[PathLike]] = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, str]:
+    """Images for the parity check and a note saying where they came from.
+
+    Priority: the given files; else ``n`` images of this modality spread evenly over the run's training
+    set (``cfg.data_root``); else deterministic random images. A dataset that has moved is not an error
+    (exporting must not need the training data): the note records why random images were used.
+    """
+    if calibration_images:
+        paths = [os.fspath(p) for p in calibration_images]
+        return _load_resized(paths, height, width), f"files ({len(paths)} given)"
+    if cfg is None or not cfg.data_root:
+        return random_images(n, height, width, seed), "random (no dataset recorded in the run config)"
+    root = Path(cfg.data_root).expanduser()
+    try:
+        from mult.train.data import load_training_set
+
+        train = load_training_set(cfg.dataset, root, regdb_split=cfg.regdb_split)
+        records = train.visible if modality is Modality.visible else train.infrared
+        if not records:
+            raise MultError(f"no {modality.value} training images under {root}")
+        picks = np.linspace(0, len(records) - 1, num=min(n, len(records))).round().astype(int)
+        images = _load_resized([records[i].path for i in picks], height, width)
+    except MultError as err:
+        return random_images(n, height, width, seed), f"random (dataset unavailable: {err})"
+    return images, f"dataset {cfg.dataset} at {root} ({len(images)} {modality.value} images)"
+
+
+# ---- repository ----------------------------------------------------------------------------------------
+
+
+def _prepare_repo(repo: Path) -> None:
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MultError(f"{repo}: exists and is not a folder; pass a folder for the model repository") from None
+    except OSError as err:
+        raise MultError(f"{repo}: cannot create the model repository ({err.strerror}); pick a writable place") from None
+    if not repo.is_dir():
+        raise MultError(f"{repo}: not a folder; pass a folder for the model repository")
+    if not os.access(repo, os.W_OK | os.X_OK):
+        raise MultError(f"{repo}: not writable; fix its permissions or pass another --repo")
+
+
+def _make_temp_dir(parent: Path, version: int) -> Path:
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-v{version}-", dir=parent))
+    except OSError as err:
+        raise MultError(f"{parent}: cannot create a version folder ({err.strerror}); check permissions") from None
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a Triton container usually runs as another user
+    return tmp
+
+
+def write_model_repository(
+    source: PathLike,
+    repo: PathLike,
+    *,
+    version: Optional[int] = None,
+    flip: bool = True,
+    tensorrt: bool = False,
+    max_batch_size: int = 64,
+    calibration_images: Optional[Sequence[PathLike]] = None,
+    opset: int = DEFAULT_OPSET,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instance_kind: str = "KIND_AUTO",
+    instance_count: int = 1,
+) -> ExportResult:
+    """Export a run (directory or checkpoint file) as ``mult_visible`` and ``mult_infrared`` into ``repo``.
+
+    ``version=None`` takes the next free number. Each model's ONNX file is checked against torch before the
+    version folders are renamed into place; ``calibration_images`` (image files) replace the dataset images
+    used for that check. Writes/overwrites each model's ``config.pbtxt`` (it describes the newest version).
+    """
+    from mult.train.run import find_run_model
+
+    source = Path(source).expanduser()
+    repo = Path(repo).expanduser()
+    if not source.exists():
+        raise MultError(f"{source}: no such run directory or checkpoint; pass the --out folder of `mult train` "
+                        "or a checkpoint.pt")
+    # Validate the cheap arguments before the expensive export.
+    triton_config("check", height=16, width=16, embedding_size=1, max_batch_size=max_batch_size,
+                  instance_kind=instance_kind)
+    checkpoint = _checkpoint_file(source)
+    model, cfg = find_run_model(source)
+    height = cfg.height if cfg is not None else TrainConfig.height
+    width = cfg.width if cfg is not None else TrainConfig.width
+    _prepare_repo(repo)
+    if version is None:
+        version = next_version(repo)
+    elif int(version) < 1:
+        raise MultError(f"version must be a positive integer, got {version}")
+    version = int(version)
+    for name in MODEL_NAMES.values():
+        if (repo / name / str(version)).exists():
+            raise MultError(f"{repo / name / str(version)}: version {version} exists; omit --version to take "
+                            f"the next free one ({next_version(repo)})")
+    sha = file_sha256(checkpoint)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    staged: dict[Modality, Path] = {}
+    reports: dict[Modality, tuple[ParityReport, str]] = {}
+    try:
+        for modality, name in MODEL_NAMES.items():
+            staged[modality] = tmp = _make_temp_dir(repo / name, version)
+            # Images first: a bad calibration file fails before the (slower) export.
+            images, note = parity_images(modality, cfg, height, width, calibration_images=calibration_images)
+            onnx_path = export_onnx(model, modality, tmp / ONNX_FILE, height=height, width=width, flip=flip,
+                                    opset=opset)
+            report = parity_check(model, modality, onnx_path, images, flip=flip)
+            reports[modality] = (report, note)
+            manifest = {
+                "model": name,
+                "modality": modality.value,
+                "version": version,
+                "created": created,
+                "source": str(source.resolve()),
+                "source_checkpoint": str(checkpoint.resolve()),
+                "source_sha256": sha,
+                "depth": model.depth,
+                "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, height, width, 3],
+                          "layout": "NHWC RGB 0-255; scaling and ImageNet normalisation inside the graph"},
+                "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, model.feature_dim],
+                           "l2_normalised": True},
+                "height": height,
+                "width": width,
+                "embedding_size": model.feature_dim,
+                "opset": int(opset),
+                "flip": bool(flip),
+                "tensorrt_fp16": bool(tensorrt),
+                "max_batch_size": int(max_batch_size),
+                "parity": {**report.to_dict(), "images": note},
+                "onnx_sha256": file_sha256(onnx_path),
+                "versions": _library_versions(),
+            }
+            write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        # Both models passed: publish them (renames only, nothing left to fail between them but the OS).
+        models: dict[str, ExportedModel] = {}
+        for modality, name in MODEL_NAMES.items():
+            final = repo / name / str(version)
+            os.rename(staged[modality], final)
+            config_path = repo / name / CONFIG_FILE
+            write_text_atomic(config_path, triton_config(
+                name, height=height, width=width, embedding_size=model.feature_dim, max_batch_size=max_batch_size,
+                tensorrt=tensorrt, max_queue_delay_us=max_queue_delay_us, instance_kind=instance_kind,
+                instance_count=instance_count,
+            ))
+            report, note = reports[modality]
+            models[name] = ExportedModel(name, modality.value, version, final / ONNX_FILE, config_path,
+                                         final / MANIFEST_FILE, report, note)
+    except OSError as err:
+        raise MultError(f"{repo}: writing the model repository failed ({type(err).__name__}: {err.strerror}); "
+                        "check free space and permissions") from None
+    finally:
+        for tmp in staged.values():
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(repo, version, height, width, model.feature_dim, models)
+
+
+def _library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from mult import __version__
+
+    return {"mult": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
