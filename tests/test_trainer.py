@@ -61,6 +61,7 @@ def test_resume_across_the_stage_boundary_gives_identical_weights(synth_sysu_sma
 WORKER = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
+from pathlib import Path
 import torch
 from mult.config import TrainConfig
 from mult.train.trainer import Trainer
