@@ -23,6 +23,7 @@ def plot_run(run) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     entries = list(run.metrics())
     if not entries:
@@ -56,6 +57,7 @@ def plot_run(run) -> None:
         ax.legend(fontsize=8)
     for a in axes.flat:
         a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     with atomic_path(run.plot_path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
