@@ -75,7 +75,8 @@ def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig
     else:
         raise ValueError(f"unknown association {cfg.association!r}")
     hard = result.hard_labels()
-    y_rgb, y_ir, y_rgb_cm, y_ir_cm = (result.targets(cfg.beta)[name] for name in ("visible", "infrared", "visible_to_infrared", "infrared_to_visible"))
+    targets = result.targets(cfg.beta)  # all four soft-target matrices, built once
+    y_rgb, y_ir, y_rgb_cm, y_ir_cm = (targets[name] for name in ("visible", "infrared", "visible_to_infrared", "infrared_to_visible"))
     return EpochLabels(
         vis, ir, hard["visible"], hard["infrared"], hard["visible_to_infrared"], hard["infrared_to_visible"],
         targets={"y_rgb": y_rgb, "y_ir": y_ir, "y_rgb_cm": y_rgb_cm, "y_ir_cm": y_ir_cm})

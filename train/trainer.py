@@ -215,7 +215,10 @@ class Trainer:
         dataset = PairedImages(self.data.visible_paths, self.data.infrared_paths,
                                train_transforms(self._augment_stage(stage), cfg.height, cfg.width))
         loader = paired_loader(dataset, batches, workers=cfg.workers, seed=epoch_seed(cfg.seed, epoch, 1000 + self.dist.rank))
-        lv, lr = _to_tensor(labels.labels_v, dev), _to_tensor(labels.labels_r, dev)
+        # Hard labels as tensors once per epoch (indexed every step for the loss and the memory updates).
+        hard = {"v": _to_tensor(labels.labels_v, dev), "r": _to_tensor(labels.labels_r, dev)}
+        if labels.cross_modal:
+            hard.update(cm_v=_to_tensor(labels.cm_labels_v, dev), cm_r=_to_tensor(labels.cm_labels_r, dev))
         targets = {k: _to_tensor(v, dev).float() for k, v in labels.targets.items()}
         even = epoch % 2 == 0  # METHOD.md §6.3: parity of the absolute epoch picks the label space
         totals: dict[str, float] = {}
@@ -237,11 +240,11 @@ class Trainer:
                 parts = amirl_loss(space, f_v0, f_v1, f_r, y_vis, y_ir, y_other, use_oclr=cfg.oclr,
                                    oclr_ratio=cfg.oclr_ratio, oclr_detach=cfg.oclr_detach)
             else:
-                parts = {"total": dcl_loss(mems["v"], mems["r"], f_v0, f_v1, f_r, lv[vi], lr[ri])}
+                parts = {"total": dcl_loss(mems["v"], mems["r"], f_v0, f_v1, f_r, hard["v"][vi], hard["r"][ri])}
             self.optimizer.zero_grad(set_to_none=True)
             parts["total"].backward()
             self.optimizer.step()
-            self._update_memories(mems, labels, even, f_v0, f_v1, f_r, vi, ri)
+            self._update_memories(mems, hard, even, f_v0, f_v1, f_r, vi, ri)
             values = {k: v.detach().item() for k, v in parts.items()}
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -254,26 +257,22 @@ class Trainer:
         return 1 if stage == "dcl" and self.cfg.stage_one_augment == "paper" else 2
 
     @torch.no_grad()
-    def _update_memories(self, mems, labels: EpochLabels, even: bool, f_v0, f_v1, f_r, vi, ri) -> None:
+    def _update_memories(self, mems, hard: dict[str, torch.Tensor], even: bool, f_v0, f_v1, f_r, vi, ri) -> None:
         """Hard-label momentum updates (METHOD.md §6.2 table), with every rank's batch so memories agree."""
-        gather, dev = self.dist.gather_rows, f_r.device
+        gather = self.dist.gather_rows
         vis_rows = torch.cat([vi, vi])  # both visible views of each sampled image
-
-        def hard(array: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
-            return gather(_to_tensor(array, dev)[rows])
-
         f_vis, f_ir = gather(torch.cat([f_v0, f_v1]).detach()), gather(f_r.detach())
-        own_v, own_r = hard(labels.labels_v, vis_rows), hard(labels.labels_r, ri)
+        own_v, own_r = gather(hard["v"][vis_rows]), gather(hard["r"][ri])
         mems["v"].update(f_vis, own_v)
         mems["r"].update(f_ir, own_r)
-        if not labels.cross_modal:
+        if "cm_v" not in hard:
             return
         if even:
-            cm_r = hard(labels.cm_labels_r, ri)
+            cm_r = gather(hard["cm_r"][ri])
             mems["rcm"].update(f_ir, cm_r)
             mems["va"].update(torch.cat([f_vis, f_ir]), torch.cat([own_v, cm_r]))
         else:
-            cm_v = hard(labels.cm_labels_v, vis_rows)
+            cm_v = gather(hard["cm_v"][vis_rows])
             mems["vcm"].update(f_vis, cm_v)
             mems["ra"].update(torch.cat([f_vis, f_ir]), torch.cat([cm_v, own_r]))
 
