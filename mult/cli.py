@@ -272,6 +272,25 @@ def export(
                    f"min cos {parity.min_cosine:.6f} ({model.parity_images})")
 
 
+@app.command("serve")
+def serve(
+    repo: Path = typer.Option(Path("model_repository"), "--repo", help="Model repository written by `mult export`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (127.0.0.1: this machine only)."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", min=1, max=65535, help="gRPC port."),
+    http_port: int = typer.Option(8000, "--http-port", min=1, max=65535, help="HTTP port."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", min=1, max=65535, help="Prometheus metrics port."),
+) -> None:
+    """Serve mult_visible and mult_infrared with the real Triton Inference Server (python backend running
+    ONNX Runtime; the bundled server of the nvidia-pytriton wheel) until Ctrl-C or SIGTERM.
+
+    Example: mult serve --repo model_repository --grpc-port 8001
+    """
+    from mult.serving.triton_server import serve as run_serve
+
+    raise typer.Exit(run_serve(repo, host=host, grpc_port=grpc_port, http_port=http_port,
+                               metrics_port=metrics_port, echo=typer.echo))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning expected mistakes into one line and exit status 2."""
     try:

@@ -147,3 +147,91 @@ def synth_sysu_small(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "sysu"
     synthesize(root, "sysu", ids=20, images_per_camera=4, height=64, width=32, seed=0, workers=1, progress=False)
     return root
+
+
+# ---- an exported model repository (serving, search and app tests) ----------------------------------------
+
+
+@dataclass
+class TinyExport:
+    """A `mult export` repository (version 1) of a random-init ResNet-18 run at 64x32, and the model itself."""
+
+    repo: Path
+    run: Path
+    model: object  # mult.model.TwoStreamEncoder in eval mode
+    height: int
+    width: int
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> TinyExport:
+    """Export once per session. BN statistics and the infrared stem are perturbed, so a skipped normalisation
+    or a swapped stem changes the embeddings visibly."""
+    import warnings
+
+    import torch
+
+    from mult.config import preset_config
+    from mult.export.repository import write_model_repository
+    from mult.model import PretrainedWeightsWarning, TwoStreamEncoder
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PretrainedWeightsWarning)
+        model = TwoStreamEncoder("resnet18")
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+        for p in model.infrared_stem.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    base = tmp_path_factory.mktemp("tiny_export")
+    run = base / "run"
+    run.mkdir()
+    cfg = preset_config("tiny")
+    cfg.save(run / "config.json")
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": 1}, run / "checkpoint.pt")
+    write_model_repository(run, base / "model_repository")
+    return TinyExport(base / "model_repository", run, model, cfg.height, cfg.width)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gallery (FAISS index, search, rank lists): a real tiny encoder and a folder of person-like crops.
+
+
+def tiny_torch_encoder(seed: int = 0, depth: str = "resnet18"):
+    """``mult.features.TorchEncoder`` over a randomly initialised ``TwoStreamEncoder`` at 64x32 (no flip)."""
+    import warnings
+
+    import torch
+
+    from mult.features import TorchEncoder
+    from mult.model import PretrainedWeightsWarning, TwoStreamEncoder
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PretrainedWeightsWarning)
+        model = TwoStreamEncoder(depth).eval()
+    return TorchEncoder(model, 64, 32, batch_size=16, flip=False, progress=False)
+
+
+@pytest.fixture(scope="session")
+def gallery_encoder():
+    """The tiny encoder shared by the gallery tests (512-d embeddings)."""
+    return tiny_torch_encoder(0)
+
+
+def write_crops(root: Path, pids: tuple[int, ...], per_pid: int, seed: int, mode: str = "L") -> list[Path]:
+    """``root/<pid:04d>/<n>.png`` person-sized crops (32x64) of seeded noise; returns the paths written."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for pid in pids:
+        for n in range(per_pid):
+            path = root / f"{pid:04d}" / f"{n}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shape = (64, 32) if mode == "L" else (64, 32, 3)
+            Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(path)  # 2-D: L, 3-D: RGB
+            paths.append(path)
+    return paths

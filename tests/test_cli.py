@@ -40,3 +40,11 @@ def test_expected_error_is_one_line_without_traceback(tmp_path, capsys):
 def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "mult", "--version"], capture_output=True, text=True, check=True)
     assert __version__ in proc.stdout
+
+
+def test_serve_rejects_a_missing_repository_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-repo"
+    code, _, err = run_main(["serve", "--repo", str(missing), "--grpc-port", "18001"], capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert str(missing) in err

@@ -1,0 +1,135 @@
+"""What the in-process ONNX encoder and the Triton client share: pixels, batching, and the choice between them.
+
+Both encoders turn image files into unit-norm embeddings through the same served graph (uint8 NHWC RGB in,
+FP32 ``[N, D]`` out, DESIGN.md "Served model"). The only preprocessing outside the graph is the resize, and it
+lives here once (:func:`load_resized`) so the ONNX, Triton and torch paths see identical pixels:
+
+* decoding: :func:`mult.data.images.load_image` (corrupt files become a MultError naming the file);
+* resize: Pillow bilinear to ``(width, height)``, which is what ``mult.data.transforms.eval_transform``'s
+  ``torchvision.transforms.Resize((h, w))`` does to a PIL image (default ``InterpolationMode.BILINEAR``,
+  mapped to Pillow's BILINEAR); ``ToTensor`` there is then exactly this uint8 array / 255.
+
+Five-line use::
+
+    from mult.serving.encoders import open_encoder
+    with open_encoder(server="127.0.0.1:8001") as enc:       # or open_encoder(local="model_repository")
+        gallery = enc.encode(["ir/0001.jpg", "ir/0002.jpg"], "infrared")
+        query = enc.encode(["photo.jpg"], "visible")
+    scores = query @ gallery.T
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from mult.data.images import load_image
+from mult.data.records import Modality
+from mult.errors import MultError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: The resample filter of the evaluation transform (torchvision Resize on a PIL image = Pillow BILINEAR).
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+def as_modality(modality: Union[Modality, str]) -> Modality:
+    """``"visible"`` / ``"infrared"`` / a :class:`Modality` -> Modality; anything else is a MultError."""
+    try:
+        return Modality(modality)
+    except ValueError:
+        raise MultError(f"unknown modality {modality!r}: use 'visible' or 'infrared'") from None
+
+
+def load_resized(paths: Sequence[PathLike], height: int, width: int) -> np.ndarray:
+    """Decode image files and resize them as the evaluation transform does: uint8 ``[N, height, width, 3]`` RGB."""
+    out = np.empty((len(paths), int(height), int(width), 3), dtype=np.uint8)
+    for i, path in enumerate(paths):  # one decode per file is inherent; the array is filled in place
+        out[i] = np.asarray(load_image(path).resize((int(width), int(height)), RESAMPLE))
+    return out
+
+
+def check_images(images: Any, height: int, width: int) -> np.ndarray:
+    """``images`` as a C-contiguous uint8 ``[N, height, width, 3]`` array, or a MultError saying what is wrong."""
+    array = np.asarray(images)
+    if array.dtype != np.uint8:
+        raise MultError(f"images must be uint8 RGB 0-255, got dtype {array.dtype}; do not scale or normalise them "
+                        "(the model does that)")
+    if array.ndim != 4 or array.shape[1:] != (int(height), int(width), 3):
+        raise MultError(f"images must have shape [N, {height}, {width}, 3], got {list(array.shape)}; resize them "
+                        "with mult.serving.encoders.load_resized or use encode(paths)")
+    return np.ascontiguousarray(array)
+
+
+class ArrayEncoder(ABC):
+    """Shared front end: files -> resized uint8 batches -> :meth:`_embed_batch` -> float32 ``[N, D]``.
+
+    Subclasses set ``height``, ``width``, ``embedding_size`` and ``batch_size`` and implement
+    :meth:`_embed_batch` for one batch of at most ``batch_size`` images.
+    """
+
+    height: int
+    width: int
+    embedding_size: int
+    batch_size: int
+
+    @abstractmethod
+    def _embed_batch(self, modality: Modality, images: np.ndarray) -> np.ndarray:
+        """Embeddings ``[n, D]`` float32 of one checked uint8 batch ``[n, H, W, 3]`` (1 <= n <= batch_size)."""
+
+    def encode_array(self, images: np.ndarray, modality: Union[Modality, str]) -> np.ndarray:
+        """Unit-norm float32 embeddings ``[N, D]`` of already resized uint8 ``[N, H, W, 3]`` RGB images."""
+        modality = as_modality(modality)
+        images = check_images(images, self.height, self.width)
+        if len(images) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        step = max(1, int(self.batch_size))
+        chunks = [self._embed_batch(modality, images[i:i + step]) for i in range(0, len(images), step)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def encode(self, paths: Sequence[PathLike], modality: Union[Modality, str]) -> np.ndarray:
+        """Unit-norm float32 embeddings ``[len(paths), D]`` of image files through ``modality``'s model.
+
+        Files are decoded and resized one batch at a time, so memory stays at one batch of pixels.
+        """
+        modality = as_modality(modality)
+        paths = list(paths)
+        if not paths:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        step = max(1, int(self.batch_size))
+        chunks = [self._embed_batch(modality, load_resized(paths[i:i + step], self.height, self.width))
+                  for i in range(0, len(paths), step)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def close(self) -> None:
+        """Release sessions / connections (nothing by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_encoder(*, server: str | None = None, local: PathLike | None = None, **kwargs: Any) -> ArrayEncoder:
+    """The encoder behind the CLI's ``--server URL`` / ``--local REPO`` options: exactly one of the two.
+
+    ``server`` -> :class:`~mult.serving.triton_client.TritonEncoder` (gRPC, e.g. ``"127.0.0.1:8001"``);
+    ``local`` -> :class:`~mult.serving.onnx_local.OnnxEncoder` (ONNX Runtime in this process on a model
+    repository written by ``mult export``). ``kwargs`` go to the chosen class (e.g. ``batch_size``).
+    """
+    if (server is None) == (local is None):
+        raise MultError("choose exactly one encoder: --server URL (a running `mult serve`) or --local REPO "
+                        "(a model repository written by `mult export`)")
+    if server is not None:
+        from mult.serving.triton_client import TritonEncoder
+
+        return TritonEncoder(str(server), **kwargs)
+    from mult.serving.onnx_local import OnnxEncoder
+
+    return OnnxEncoder(Path(os.fspath(local)), **kwargs)
