@@ -213,27 +213,51 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A `mult train` run directory."),
+    run_dir: Optional[Path] = typer.Argument(None, help="A `mult train` run directory (its model, dataset and split)."),
+    server: Optional[str] = typer.Option(None, "--server", help="Evaluate the model served by Triton at this gRPC URL."),
+    local: Optional[Path] = typer.Option(None, "--local", help="Evaluate an exported model repository in-process (ONNX Runtime)."),
+    dataset: Optional[DatasetFormat] = typer.Option(None, "--dataset", help="sysu | regdb (default: the run's)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder (default: the run's)."),
+    split: Optional[int] = typer.Option(None, "--split", min=1, max=10, help="RegDB split (default: the run's, else 1)."),
     trials: int = typer.Option(10, "--trials", min=1, help="SYSU gallery trials (seeds 0..N-1)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (in-process torch only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
-    """Evaluate a run with the published protocol (SYSU: 10 gallery trials; RegDB: the run's split, both directions).
+    """Evaluate with the published protocol (SYSU: 10 gallery trials; RegDB: one split, both directions),
+    in-process from a run, or through a deployment (--server URL / --local REPO) to prove it reproduces
+    the training-time numbers.
 
-    Example: mult evaluate runs/demo --json
+    Example: mult evaluate runs/demo --json;  mult evaluate runs/demo --server 127.0.0.1:8001
     """
     from mult.evaluation import evaluate_dataset
-    from mult.features import TorchEncoder
-    from mult.train.run import RunDir
-    from mult.train.trainer import resolve_device
 
-    run = RunDir(run_dir).require()
-    cfg = run.config()
-    dev = resolve_device(device)
-    encoder = TorchEncoder(run.load_model(dev), cfg.height, cfg.width, device=dev, flip=True, progress=not as_json)
-    results = evaluate_dataset(encoder, cfg.dataset, Path(data_root or cfg.data_root), trials=trials,
-                               split=cfg.regdb_split)
+    cfg = None
+    if run_dir is not None:
+        from mult.train.run import RunDir
+
+        run = RunDir(run_dir).require()
+        cfg = run.config()
+    if server is not None and local is not None:
+        raise MultError("pass either --server URL or --local REPO, not both")
+    ds = dataset.value if dataset else (cfg.dataset if cfg else None)
+    root = data_root or (Path(cfg.data_root) if cfg and cfg.data_root else None)
+    if ds is None or root is None:
+        raise MultError("say which data to evaluate on: pass a run directory, or --dataset and --data-root")
+    split = split or (cfg.regdb_split if cfg else 1)
+    if server is not None or local is not None:
+        from mult.serving.encoders import open_encoder
+
+        encoder = open_encoder(server=server, local=local)
+    elif cfg is not None:
+        from mult.features import TorchEncoder
+        from mult.train.trainer import resolve_device
+
+        dev = resolve_device(device)
+        encoder = TorchEncoder(run.load_model(dev), cfg.height, cfg.width, device=dev, flip=True,
+                               progress=not as_json)
+    else:
+        raise MultError("nothing to evaluate: pass a run directory, --server URL or --local REPO")
+    results = evaluate_dataset(encoder, ds, Path(root), trials=trials, split=split)
     if as_json:
         _print_json({name: summary.as_dict() for name, summary in results.items()})
     else:

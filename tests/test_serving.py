@@ -374,3 +374,30 @@ def test_serve_stops_cleanly_on_sigterm_and_leaves_no_process(tiny_export, tmp_p
         TritonEncoder(f"127.0.0.1:{ports[0]}", retries=0, timeout_s=2)
     with pytest.raises(MultError, match="call start"):
         TritonServer(tiny_export.repo).url
+
+
+# ---- the protocol through a deployment -------------------------------------------------------------------
+
+
+def _evaluate_json(argv: list[str], capsys) -> dict:
+    import json
+
+    from mult.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--json", "--trials", "3"])
+    assert exc.value.code in (0, None)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_through_the_server_reproduces_in_process(tiny_export, synth_sysu_small, server, capsys):
+    """`mult evaluate --server/--local` must reproduce the run's own (torch) numbers: mAP within 0.1 point."""
+    data = ["--dataset", "sysu", "--data-root", str(synth_sysu_small)]
+    in_process = _evaluate_json(["evaluate", str(tiny_export.run), *data], capsys)
+    served = _evaluate_json(["evaluate", "--server", server.url, *data], capsys)
+    local = _evaluate_json(["evaluate", "--local", str(tiny_export.repo), *data], capsys)
+    for protocol, summary in in_process.items():
+        mean = summary["mean"]
+        for other in (served, local):
+            assert abs(other[protocol]["mean"]["mAP"] - mean["mAP"]) <= 0.1
+            assert abs(other[protocol]["mean"]["rank1"] - mean["rank1"]) <= 0.5

@@ -1,0 +1,1011 @@
+"""The FAISS gallery: embed a folder (or a dataset's test gallery) once, then search it by image.
+
+A gallery is a directory::
+
+    GALLERY_DIR/index.faiss      faiss.write_index of an IndexIDMap2 over Flat / IVF-Flat / HNSW-Flat (inner product)
+    GALLERY_DIR/metadata.jsonl   one JSON object per vector id, in id order: id, path, pid (or null), camid, modality
+    GALLERY_DIR/manifest.json    format version, model, embedding size, count, index kind + params (+ recall@10
+                                 against exact search for approximate kinds), sha256 of both files, history
+
+Embeddings are unit vectors, so inner product is cosine similarity and a score of 1 is the same image.
+Vector ids are the metadata row numbers: ``add`` appends ids ``count..count+M-1`` and never renumbers, so
+an id printed today still names the same image after any number of additions.
+
+Nothing is half-written: ``build_gallery`` fills a temporary directory beside the target and renames it into
+place; ``Gallery.add`` writes the new version into a temporary directory and swaps it in. ``Gallery.open``
+checks the checksums and that index, metadata and manifest agree on the count, so a truncated or edited
+gallery is a one-line :class:`~mult.errors.MultError`, never a wrong answer.
+
+Five-line use::
+
+    from mult.serving.gallery import Gallery, build_gallery, records_for_gallery
+    records = records_for_gallery(images_dir="crops/ir", modality="infrared")
+    gallery = build_gallery(records, encoder, "galleries/ir")          # any object with encode(paths, modality)
+    hits = gallery.search(encoder.encode(["me.jpg"], "visible"), k=10)[0]
+    print(hits[0].path, hits[0].score)
+
+The ``index_build`` / ``index_add`` / ``index_info`` / ``search_query`` functions at the end do the work of
+``mult index build|add|info`` and ``mult search``; they return reports with ``render()`` (a table) and
+``as_dict()`` (for ``--json``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from mult.data.folder import as_modality, read_folder
+from mult.data.records import Modality, Record
+from mult.errors import MultError
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT = "mult-gallery"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.jsonl"
+MANIFEST_FILE = "manifest.json"
+KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
+#: Manifest ``model`` keys that identify the weights: when both sides have one, they must agree.
+MODEL_IDENTITY_KEYS: tuple[str, ...] = (
+    "name", "model_name", "version", "model_version", "weights_sha256", "depth", "flip", "height", "width",
+)
+#: Images handed to the encoder per call (the encoder batches further inside).
+DEFAULT_CHUNK = 256
+#: Vectors added to an HNSW index per call (a progress-bar step for its slow insertions).
+ADD_CHUNK = 16_384
+#: Gallery vectors used as queries when measuring an approximate index's recall@10 against exact search.
+RECALL_QUERIES = 1000
+RECALL_K = 10
+#: faiss k-means wants >= 39 training points per list; fewer lists than that are pointless.
+MIN_POINTS_PER_LIST = 39
+
+
+# ================================================================================================ index spec
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which faiss index, with its parameters. ``nlist=None`` means ~4*sqrt(N) lists (resolved at build).
+
+    IVF lists are trained on the gallery itself (at most ``train_per_list * nlist`` vectors, a seeded sample);
+    ``nprobe`` and ``ef_search`` are stored defaults that each search may override.
+    """
+
+    kind: str = "flat"
+    nlist: Optional[int] = None
+    nprobe: int = 16
+    train_per_list: int = 64
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise MultError(f"index kind {self.kind!r} is unknown; use one of {', '.join(KINDS)}")
+        for name in ("nprobe", "train_per_list", "hnsw_m", "ef_construction", "ef_search"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise MultError(f"index parameter {name}={value!r} must be a positive integer")
+        if self.nlist is not None and (isinstance(self.nlist, bool) or not isinstance(self.nlist, (int, np.integer))
+                                       or self.nlist < 1):
+            raise MultError(f"index parameter nlist={self.nlist!r} must be a positive integer (or left out)")
+
+    def resolved(self, n: int) -> "IndexSpec":
+        """This spec with ``nlist`` fixed for a gallery of ``n`` vectors (IVF only)."""
+        if self.kind != "ivf":
+            return self
+        nlist = self.nlist if self.nlist is not None else default_nlist(n)
+        if nlist > n:
+            raise MultError(f"IVF nlist={nlist} is larger than the gallery ({n} images); use fewer lists or kind 'flat'")
+        return replace(self, nlist=int(nlist), nprobe=int(min(self.nprobe, nlist)))  # faiss probes at most nlist
+
+    def params(self) -> dict[str, int]:
+        """The parameters that matter for this kind (what the manifest records)."""
+        if self.kind == "ivf":
+            return {"nlist": int(self.nlist or 0), "nprobe": self.nprobe, "train_per_list": self.train_per_list}
+        if self.kind == "hnsw":
+            return {"M": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+        return {}
+
+    @classmethod
+    def from_manifest(cls, index: Mapping[str, Any]) -> "IndexSpec":
+        params = dict(index.get("params") or {})
+        kind = index.get("kind", "flat")
+        if kind == "ivf":
+            return cls("ivf", nlist=params.get("nlist"), nprobe=params.get("nprobe", 16),
+                       train_per_list=params.get("train_per_list", 64))
+        if kind == "hnsw":
+            return cls("hnsw", hnsw_m=params.get("M", 32), ef_construction=params.get("ef_construction", 40),
+                       ef_search=params.get("ef_search", 64))
+        return cls(kind)
+
+    def describe(self) -> str:
+        if self.kind == "ivf":
+            return f"ivf (IVF-Flat, nlist={self.nlist}, nprobe={self.nprobe})"
+        if self.kind == "hnsw":
+            return f"hnsw (HNSW-Flat, M={self.hnsw_m}, efSearch={self.ef_search})"
+        return "flat (exact inner product)"
+
+
+def default_nlist(n: int) -> int:
+    """IVF list count for ``n`` vectors: ~4*sqrt(n) (faiss guidelines), but at most n/39 so that k-means has
+    its minimum of 39 training points per list, and at least 1."""
+    return int(max(1, min(round(4 * math.sqrt(max(n, 1))), n // MIN_POINTS_PER_LIST)))
+
+
+def new_index(dim: int, spec: IndexSpec) -> faiss.Index:
+    """An empty inner-product index of ``spec`` (resolved) wrapped in ``IndexIDMap2`` for stable ids."""
+    metric = faiss.METRIC_INNER_PRODUCT
+    if spec.kind == "flat":
+        inner = faiss.IndexFlatIP(dim)
+    elif spec.kind == "ivf":
+        if not spec.nlist:
+            raise ValueError("resolve the IVF spec (IndexSpec.resolved) before creating the index")
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(spec.nlist), metric)
+        inner.nprobe = int(spec.nprobe)
+        if spec.nlist == 1:
+            inner.cp.min_points_per_centroid = 1  # one list: nothing to cluster, so no "too few points" warning
+        inner.make_direct_map()  # lets add() reconstruct stored vectors to re-measure recall
+    else:
+        inner = faiss.IndexHNSWFlat(dim, int(spec.hnsw_m), metric)
+        inner.hnsw.efConstruction = int(spec.ef_construction)
+        inner.hnsw.efSearch = int(spec.ef_search)
+    return faiss.IndexIDMap2(inner)  # faiss's Python layer keeps `inner` alive with the wrapper
+
+
+def train_sample(n: int, spec: IndexSpec, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers of the vectors an IVF index is trained on (all of them when few enough)."""
+    size = min(n, int(spec.nlist or 1) * spec.train_per_list)
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def add_vectors(index: faiss.Index, vectors: np.ndarray, first_id: int, *, progress: bool = False) -> None:
+    """Append ``vectors`` with ids ``first_id, first_id + 1, ...``.
+
+    Flat and IVF take them in one call: faiss then grows its storage once, whereas each chunked call may
+    reallocate (briefly holding old and new buffers). HNSW insertion is slow, so it goes in chunks with a bar.
+    """
+    n = len(vectors)
+    chunk = ADD_CHUNK if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW) else max(n, 1)
+    with tqdm(total=n, desc="index add", unit="vec", disable=not progress or n == 0, leave=False) as bar:
+        for start in range(0, n, chunk):
+            block = np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32)
+            index.add_with_ids(block, np.arange(first_id + start, first_id + start + len(block), dtype=np.int64))
+            bar.update(len(block))
+
+
+def build_index(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0, progress: bool = False) -> faiss.Index:
+    """Create, train (IVF) and fill an index of ``spec`` with ``vectors`` as ids 0..N-1."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    spec = spec.resolved(len(vectors))
+    index = new_index(vectors.shape[1], spec)
+    if not index.is_trained:
+        index.train(vectors[train_sample(len(vectors), spec, seed)])
+    add_vectors(index, vectors, 0, progress=progress)
+    return index
+
+
+def search_params(spec: IndexSpec, nprobe: Optional[int] = None, ef_search: Optional[int] = None):
+    """Per-call faiss search parameters (no shared state is mutated, so concurrent searches are safe)."""
+    if spec.kind == "ivf":
+        return faiss.SearchParametersIVF(nprobe=int(nprobe or spec.nprobe))
+    if spec.kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=int(ef_search or spec.ef_search))
+    return None
+
+
+def stored_vector_chunks(index: faiss.Index, chunk: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, vectors)`` blocks of an IDMap2-wrapped index's stored vectors (row = id here)."""
+    inner = faiss.downcast_index(index.index)
+    for start in range(0, index.ntotal, chunk):
+        yield start, inner.reconstruct_n(start, min(chunk, index.ntotal - start))
+
+
+# ================================================================================================ recall
+def exact_topk(queries: np.ndarray, chunks: Iterable[tuple[int, np.ndarray]], k: int) -> np.ndarray:
+    """Ids [Q, k] of the ``k`` largest inner products of each query over database blocks ``(first id, block)``.
+
+    Streams the database, so exact ground truth for a gallery larger than memory costs one block at a time.
+    Rows with fewer than ``k`` database vectors are padded with -1.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    for first, block in chunks:
+        scores = queries @ np.asarray(block, dtype=np.float32).T
+        ids = np.broadcast_to(np.arange(first, first + scores.shape[1], dtype=np.int64), scores.shape)
+        all_scores = np.concatenate([best_scores, scores], axis=1)
+        all_ids = np.concatenate([best_ids, ids], axis=1)
+        keep = np.argpartition(-all_scores, k - 1, axis=1)[:, :k] if all_scores.shape[1] > k else \
+            np.broadcast_to(np.arange(all_scores.shape[1]), (len(queries), all_scores.shape[1]))
+        best_scores = np.take_along_axis(all_scores, keep, axis=1)
+        best_ids = np.take_along_axis(all_ids, keep, axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_ids, order, axis=1)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """k-recall@k: the mean over queries of |found_q ∩ truth_q| / k, with k = ``truth.shape[1]``.
+
+    ``found`` and ``truth`` are id arrays [Q, k]; -1 (no result) never matches. Example: found
+    [[1, 2, 3], [4, 5, 6]], truth [[3, 2, 9], [7, 8, 9]] gives (2/3 + 0/3) / 2 = 1/3.
+    """
+    found = np.asarray(found)
+    truth = np.asarray(truth)
+    if found.shape != truth.shape or found.ndim != 2 or truth.shape[1] == 0:
+        raise ValueError(f"found {found.shape} and truth {truth.shape} must both be [Q, k] with k >= 1")
+    if len(truth) == 0:
+        return float("nan")
+    hit = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
+    return float(hit.any(axis=2).sum() / truth.size)
+
+
+def measure_recall(index: faiss.Index, spec: IndexSpec, *, k: int = RECALL_K, queries: int = RECALL_QUERIES,
+                   seed: int = 0) -> dict[str, Any]:
+    """recall@k of ``index`` against exact search, with a seeded sample of its own vectors as queries."""
+    n = int(index.ntotal)
+    k = min(k, n)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
+    q = index.reconstruct_batch(rows.astype(np.int64)) if len(rows) else np.zeros((0, index.d), np.float32)
+    truth = exact_topk(q, stored_vector_chunks(index), k)
+    _, found = index.search(q, k, params=search_params(spec))
+    return {f"recall_at_{RECALL_K}": round(recall_at_k(found, truth), 4), "recall_queries": int(len(rows)),
+            "recall_k": int(k)}
+
+
+# ================================================================================================ records
+def records_for_gallery(
+    images_dir: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    data_root: Optional[PathLike] = None,
+    modality: Union[Modality, str] = Modality.infrared,
+    *,
+    regdb_split: int = 1,
+) -> list[Record]:
+    """The images a gallery indexes: a plain folder, or a dataset's test images of one modality.
+
+    * ``images_dir``: every image under the folder (recursively), ``pid`` from ``<pid>/`` sub-folders when
+      they are integers (:func:`mult.data.folder.read_folder`).
+    * ``dataset="sysu"`` + ``data_root``: all test-id images of ``modality`` in all its cameras (visible:
+      cams 1, 2, 4, 5; infrared: cams 3, 6).
+    * ``dataset="regdb"`` + ``data_root``: split ``regdb_split``'s test images of ``modality``.
+    """
+    wanted = as_modality(modality)
+    if wanted is None:
+        raise MultError("the gallery needs a modality: 'visible' or 'infrared'")
+    if (images_dir is None) == (dataset is None):
+        raise MultError("give either a folder of images or a dataset (sysu/regdb) with its data root, not both")
+    if images_dir is not None:
+        return read_folder(images_dir, wanted)
+    name = str(dataset).strip().lower()
+    if data_root is None:
+        raise MultError(f"dataset {name!r} needs its data root (the folder holding the dataset)")
+    if name == "sysu":
+        from mult.data.sysu import SYSUMM01
+
+        data = SYSUMM01(data_root)
+        # query() is every IR test image (cams 3, 6); gallery_pool("all") every visible one (cams 1, 2, 4, 5).
+        return data.query("all") if wanted is Modality.infrared else data.gallery_pool("all")
+    if name == "regdb":
+        from mult.data.regdb import RegDB
+
+        return RegDB(data_root, split=regdb_split).test(wanted)
+    raise MultError(f"dataset {dataset!r} is unknown; use 'sysu' or 'regdb' (or a folder of images)")
+
+
+# ================================================================================================ encoder
+def _fingerprint_torch(model: Any) -> str:
+    """sha256 over a torch module's state dict (names and raw bytes): tells two sets of weights apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def encoder_info(encoder: Any) -> dict[str, Any]:
+    """What the manifest records about the model that made the embeddings (provenance + identity).
+
+    Uses ``encoder.model_info`` (a dict, or a method returning one) when present, then simple attributes
+    (``model_name``, ``model_version``, ``name``, ``version``, ``embedding_size``, ``height``, ``width``,
+    ``flip``, ``server``); for an in-process :class:`mult.features.TorchEncoder` the depth, flip and a sha256
+    of the weights.
+    """
+    info: dict[str, Any] = {"encoder": type(encoder).__name__}
+    provided = getattr(encoder, "model_info", None)
+    if callable(provided):
+        provided = provided()
+    if isinstance(provided, Mapping):
+        info.update({str(k): v for k, v in provided.items() if isinstance(v, (str, int, float, bool, type(None)))})
+    for attr in ("model_name", "model_version", "name", "version", "embedding_size", "height", "width", "flip",
+                 "server"):
+        value = getattr(encoder, attr, None)
+        if attr not in info and isinstance(value, (str, int, float, bool)) and not callable(value):
+            info[attr] = value
+    features = sys.modules.get("mult.features")  # a TorchEncoder can only exist if its module is loaded
+    if features is not None and isinstance(encoder, features.TorchEncoder):
+        info.setdefault("depth", getattr(encoder.model, "depth", None))
+        info["flip"] = bool(encoder.flip)
+        info["weights_sha256"] = _fingerprint_torch(encoder.model)
+    return info
+
+
+def check_same_model(gallery_model: Mapping[str, Any], model: Mapping[str, Any], directory: PathLike) -> None:
+    """MultError when an identity key (:data:`MODEL_IDENTITY_KEYS`) set in both descriptions differs.
+
+    Values compare as text (a local export's version 3 is a Triton client's "3"); empty values (e.g. a
+    Triton client asking for the latest version, "") say nothing and are skipped.
+    """
+    def known(info: Mapping[str, Any], key: str) -> bool:
+        return info.get(key) not in (None, "")
+
+    differing = [key for key in MODEL_IDENTITY_KEYS
+                 if known(gallery_model, key) and known(model, key) and str(gallery_model[key]) != str(model[key])]
+    if differing:
+        shown = ", ".join(f"{k}: gallery {str(gallery_model[k])[:16]!r} vs encoder {str(model[k])[:16]!r}"
+                          for k in differing)
+        raise MultError(f"{directory}: the gallery was embedded with a different model ({shown}); "
+                        "use the same model, or build a new gallery with this one")
+
+
+def _unit_rows(embeddings: Any, paths: Sequence[str], dim: Optional[int]) -> np.ndarray:
+    """The encoder's output as float32 [len(paths), D] unit rows; MultError naming an image it got wrong."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(paths):
+        raise MultError(f"the encoder returned an array of shape {emb.shape} for {len(paths)} images; "
+                        "expected [images, embedding size]")
+    if dim is not None and emb.shape[1] != dim:
+        raise MultError(f"the encoder gives {emb.shape[1]}-d embeddings but the gallery holds {dim}-d ones; "
+                        "use the model the gallery was built with, or build a new gallery")
+    norms = np.linalg.norm(emb, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms < 1e-6))
+    if bad.size:
+        raise MultError(f"{paths[int(bad[0])]}: the encoder returned a zero or non-finite embedding; "
+                        "check the image and the model")
+    return emb / norms[:, None]  # the contract says unit rows; re-normalising removes float drift
+
+
+def embed_records(records: Sequence[Record], encoder: Any, *, chunk: int = DEFAULT_CHUNK, dim: Optional[int] = None,
+                  progress: bool = True) -> np.ndarray:
+    """Unit embeddings [N, D] of ``records``, each through the stem of its own modality, in chunks with a bar."""
+    if chunk < 1:
+        raise MultError(f"batch size {chunk!r} must be a positive integer")
+    out: Optional[np.ndarray] = None
+    with tqdm(total=len(records), desc="embed gallery", unit="img", disable=not progress) as bar:
+        for start in range(0, len(records), chunk):
+            block = records[start:start + chunk]
+            # Consecutive runs of one modality go to the encoder together (galleries are usually one modality).
+            cuts = [0] + [i for i in range(1, len(block)) if block[i].modality != block[i - 1].modality] + [len(block)]
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                paths = [r.path for r in block[lo:hi]]
+                emb = _unit_rows(encoder.encode(paths, block[lo].modality), paths, dim)
+                if out is None:
+                    dim = emb.shape[1]
+                    out = np.empty((len(records), dim), dtype=np.float32)
+                out[start + lo:start + hi] = emb
+            bar.update(len(block))
+    if out is None:
+        raise MultError("no images to embed; the gallery needs at least one image")
+    return out
+
+
+# ================================================================================================ files
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _metadata_line(row: int, record: Record) -> str:
+    return json.dumps({"id": row, "path": record.path, "pid": record.pid, "camid": int(record.camid),
+                       "modality": Modality(record.modality).value}, ensure_ascii=False)
+
+
+def _absolute(records: Sequence[Record]) -> list[Record]:
+    """Records with absolute paths, so the gallery works from any working directory."""
+    return [r if os.path.isabs(r.path) else replace(r, path=os.path.abspath(r.path)) for r in records]
+
+
+def read_metadata(path: Path) -> list[Record]:
+    """The records of ``metadata.jsonl``; MultError naming the file and line of the first malformed row."""
+    records: list[Record] = []
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise MultError(f"{path}: missing; the gallery is incomplete, rebuild it with `mult index build`") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line)
+                if row["id"] != number - 1:
+                    raise ValueError(f"id {row['id']} where {number - 1} was expected")
+                pid = row["pid"]
+                if not isinstance(row["path"], str) or not isinstance(row["camid"], int) or not (
+                        pid is None or isinstance(pid, int)):
+                    raise ValueError("a field has the wrong type")
+                records.append(Record(row["path"], pid, row["camid"], Modality(row["modality"])))
+            except (ValueError, KeyError, TypeError) as err:
+                raise MultError(f"{path} line {number}: malformed gallery metadata ({err}); "
+                                "rebuild the gallery with `mult index build`") from None
+    return records
+
+
+def _write_gallery_files(directory: Path, index: faiss.Index, records: Sequence[Record], manifest: dict[str, Any],
+                         *, old_metadata: Optional[Path] = None, old_count: int = 0) -> dict[str, Any]:
+    """Write index, metadata (copying ``old_metadata``'s rows, then appending) and manifest into ``directory``."""
+    faiss.write_index(index, str(directory / INDEX_FILE))
+    with open(directory / METADATA_FILE, "w", encoding="utf-8") as out:
+        if old_metadata is not None:
+            with open(old_metadata, encoding="utf-8") as old:
+                shutil.copyfileobj(old, out)
+        out.writelines(_metadata_line(old_count + i, r) + "\n" for i, r in enumerate(records))
+    manifest = dict(manifest)
+    manifest["files"] = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+                         for name in (INDEX_FILE, METADATA_FILE)}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _staging_dir(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700; galleries are meant to be shared (e.g. with the app)
+    return staging
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Move the finished ``staging`` directory to ``target``, replacing an existing gallery there.
+
+    The old directory is renamed aside first and deleted last, so a crash leaves either the old or the new
+    gallery in place (or, between the two renames, the old one under ``.<name>.*.old``, which ``open`` names).
+    """
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(aside)
+    os.rename(target, aside)
+    os.rename(staging, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _modality_counts(records: Iterable[Record]) -> dict[str, int]:
+    values, counts = np.unique([Modality(r.modality).value for r in records], return_counts=True)
+    return {str(v): int(c) for v, c in zip(values, counts)}
+
+
+# ================================================================================================ gallery
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``rank`` starts at 1; ``score`` is the cosine similarity (1 = identical)."""
+
+    rank: int
+    id: int
+    score: float
+    path: str
+    pid: Optional[int]
+    camid: int
+    modality: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def caption(self) -> str:
+        """``#1 0.873 · id 12 · cam 3`` (``id ?`` when the identity is unknown) for rank lists and the app."""
+        pid = "?" if self.pid is None else str(self.pid)
+        return f"#{self.rank} {self.score:.3f} · id {pid} · cam {self.camid}"
+
+
+class Gallery:
+    """An opened gallery directory: the faiss index, one :class:`Record` per id, and the manifest."""
+
+    def __init__(self, directory: Path, index: faiss.Index, records: list[Record], manifest: dict[str, Any]):
+        self.directory = Path(directory)
+        self.index = index
+        self.records = records
+        self.manifest = manifest
+        self.spec = IndexSpec.from_manifest(manifest["index"])
+        self._pids = np.array([-1 if r.pid is None else r.pid for r in records], dtype=np.int64)
+        self._camids = np.array([r.camid for r in records], dtype=np.int64)
+        self._gpu: Any = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return f"Gallery({str(self.directory)!r}, count={len(self)}, kind={self.spec.kind!r})"
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.manifest["embedding_size"])
+
+    @property
+    def modalities(self) -> dict[str, int]:
+        return dict(self.manifest.get("modalities", {}))
+
+    # ------------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, directory: PathLike, *, verify: bool = True) -> "Gallery":
+        """Open and validate a gallery: checksums (``verify``), format, and index/metadata/manifest counts."""
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            leftovers = sorted(directory.parent.glob(f".{directory.name}.*.old")) if directory.parent.is_dir() else []
+            hint = (f"; an interrupted update left the previous version at {leftovers[-1]}: rename it back"
+                    if leftovers else "; build one with `mult index build`")
+            raise MultError(f"{directory}: no gallery folder{hint}")
+        manifest_path = directory / MANIFEST_FILE
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MultError(f"{manifest_path}: missing; {directory} is not a mult gallery (build one with "
+                            "`mult index build`)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise MultError(f"{manifest_path}: unreadable ({type(err).__name__}); rebuild the gallery") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise MultError(f"{manifest_path}: not a mult gallery manifest; rebuild the gallery with `mult index build`")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise MultError(f"{manifest_path}: gallery format version {manifest.get('format_version')!r} is not "
+                            f"supported (this mult reads version {FORMAT_VERSION}); rebuild the gallery")
+        try:
+            files = {name: manifest["files"][name] for name in (INDEX_FILE, METADATA_FILE)}
+            count, dim = int(manifest["count"]), int(manifest["embedding_size"])
+            IndexSpec.from_manifest(manifest["index"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise MultError(f"{manifest_path}: incomplete manifest ({type(err).__name__}: {err}); "
+                            "rebuild the gallery") from None
+        for name, entry in files.items():
+            path = directory / name
+            if not path.is_file():
+                raise MultError(f"{path}: missing; the gallery is incomplete, rebuild it with `mult index build`")
+            if path.stat().st_size != entry.get("bytes"):
+                raise MultError(f"{path}: {path.stat().st_size} bytes where the manifest says {entry.get('bytes')}; "
+                                "the file is truncated or was changed: rebuild the gallery")
+            if verify and sha256_file(path) != entry.get("sha256"):
+                raise MultError(f"{path}: checksum does not match the manifest; the file is corrupt or was edited: "
+                                "rebuild the gallery")
+        try:
+            index = faiss.read_index(str(directory / INDEX_FILE))
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+            raise MultError(f"{directory / INDEX_FILE}: faiss cannot read it ({first[:120]}); rebuild the gallery") from None
+        records = read_metadata(directory / METADATA_FILE)
+        if not (index.ntotal == len(records) == count) or index.d != dim:
+            raise MultError(f"{directory}: index holds {index.ntotal} {index.d}-d vectors, metadata {len(records)} rows, "
+                            f"manifest says {count} {dim}-d; the gallery is inconsistent: rebuild it")
+        return cls(directory, index, records, manifest)
+
+    # ------------------------------------------------------------------------------------------ info
+    def info(self) -> dict[str, Any]:
+        """The manifest plus what is derived from the metadata (directory, identities, images without id)."""
+        out = {k: v for k, v in self.manifest.items()}
+        out["directory"] = str(self.directory)
+        known = self._pids[self._pids >= 0]
+        out["identities"] = int(np.unique(known).size)
+        out["images_without_id"] = int(np.count_nonzero(self._pids < 0))
+        out["cameras"] = {str(int(c)): int(n) for c, n in zip(*np.unique(self._camids, return_counts=True))}
+        return out
+
+    # ------------------------------------------------------------------------------------------ search
+    def _gpu_searcher(self) -> Any:
+        """The inner flat/IVF index copied to the GPU(s) when faiss sees one; None on CPU builds or on failure."""
+        if self._gpu is None:
+            self._gpu = False
+            if self.spec.kind in ("flat", "ivf") and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+                try:
+                    inner = faiss.index_cpu_to_all_gpus(faiss.downcast_index(self.index.index))
+                    self._gpu = (inner, faiss.vector_to_array(self.index.id_map).astype(np.int64))
+                except Exception as err:  # optional speed-up only: fall back to the CPU index
+                    warnings.warn(f"faiss GPU search unavailable ({err}); searching on the CPU")
+        return self._gpu or None
+
+    def search_ids(self, embeddings: np.ndarray, k: int = 10, *, nprobe: Optional[int] = None,
+                   ef_search: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw ``(scores [Q, k], ids [Q, k])`` for unit query embeddings [Q, D] (or one [D] vector); -1 = none."""
+        queries = np.asarray(embeddings, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.embedding_size:
+            raise MultError(f"query embeddings of shape {queries.shape} do not match the gallery's "
+                            f"{self.embedding_size}-d embeddings; embed the query with the gallery's model")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise MultError(f"top-k {k!r} must be a positive integer")
+        k = int(min(k, len(self)))
+        if k == 0 or len(queries) == 0:
+            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+        queries = np.ascontiguousarray(queries)
+        params = search_params(self.spec, nprobe, ef_search)
+        gpu = self._gpu_searcher()
+        if gpu is not None:
+            inner, id_map = gpu
+            try:
+                scores, rows = inner.search(queries, k, params=params)
+                return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+            except Exception:  # e.g. a faiss build whose GPU IVF ignores SearchParameters: use the CPU index
+                self._gpu = False
+        return self.index.search(queries, k, params=params)
+
+    def search(self, embeddings: np.ndarray, k: int = 10, *, nprobe: Optional[int] = None,
+               ef_search: Optional[int] = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query embedding (one list per row of ``embeddings``)."""
+        scores, ids = self.search_ids(embeddings, k, nprobe=nprobe, ef_search=ef_search)
+        results: list[list[Hit]] = []
+        for row_scores, row_ids in zip(scores.tolist(), ids.tolist()):
+            hits = []
+            for rank, (score, idx) in enumerate(zip(row_scores, row_ids), start=1):
+                if idx < 0:
+                    break
+                r = self.records[idx]
+                hits.append(Hit(rank, int(idx), float(score), r.path, r.pid, int(r.camid), Modality(r.modality).value))
+            results.append(hits)
+        return results
+
+    # ------------------------------------------------------------------------------------------ add
+    def add(self, records: Sequence[Record], encoder: Any, *, batch_size: int = DEFAULT_CHUNK,
+            model_info: Optional[Mapping[str, Any]] = None, progress: bool = True) -> dict[str, int]:
+        """Embed and append ``records`` not already in the gallery (same path); old ids never change.
+
+        Refuses (MultError) an encoder of another embedding size or model. Rewrites the gallery atomically
+        (a new version in a temporary directory, swapped in) and re-measures recall for IVF/HNSW.
+        Returns ``{"added": M, "skipped": S, "count": N + M}``.
+        """
+        model = dict(model_info) if model_info is not None else encoder_info(encoder)
+        check_same_model(self.manifest.get("model", {}), model, self.directory)
+        if model.get("embedding_size") not in (None, self.embedding_size):
+            raise MultError(f"{self.directory}: the encoder gives {model['embedding_size']}-d embeddings but the "
+                            f"gallery holds {self.embedding_size}-d ones; build a new gallery for this model")
+        seen = {r.path for r in self.records}
+        fresh: list[Record] = []
+        for record in _absolute(records):  # new paths only, each once (the first record wins)
+            if record.path not in seen:
+                seen.add(record.path)
+                fresh.append(record)
+        skipped = len(records) - len(fresh)
+        if not fresh:
+            return {"added": 0, "skipped": skipped, "count": len(self)}
+        vectors = embed_records(fresh, encoder, chunk=batch_size, dim=self.embedding_size, progress=progress)
+        old_count = len(self)
+        staging = _staging_dir(self.directory)
+        index = self.index  # appended in place (no second copy of a large index); restored from disk on failure
+        try:
+            add_vectors(index, vectors, old_count, progress=progress)
+            manifest = dict(self.manifest)
+            manifest["count"] = old_count + len(fresh)
+            manifest["updated"] = _now()
+            manifest["modalities"] = _merge_counts(self.modalities, _modality_counts(fresh))
+            manifest["index"] = dict(manifest["index"])
+            if self.spec.kind != "flat":
+                manifest["index"].update(measure_recall(index, self.spec))
+            manifest["history"] = list(manifest.get("history", [])) + [
+                {"action": "add", "time": manifest["updated"], "added": len(fresh), "count": manifest["count"]}]
+            manifest = _write_gallery_files(staging, index, fresh, manifest,
+                                            old_metadata=self.directory / METADATA_FILE, old_count=old_count)
+            _swap_in(staging, self.directory)
+        except BaseException:
+            if index.ntotal != old_count:  # forget the appended vectors: reload what is on disk
+                try:
+                    self.index = faiss.read_index(str(self.directory / INDEX_FILE))
+                except RuntimeError:
+                    pass  # the original error below says more than a failed reload would
+            raise
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        self.records = self.records + fresh
+        self.manifest = manifest
+        self._pids = np.concatenate([self._pids, [-1 if r.pid is None else r.pid for r in fresh]]).astype(np.int64)
+        self._camids = np.concatenate([self._camids, [r.camid for r in fresh]]).astype(np.int64)
+        self._gpu = None
+        return {"added": len(fresh), "skipped": skipped, "count": len(self)}
+
+
+def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {key: int(a.get(key, 0)) + int(b.get(key, 0)) for key in sorted(set(a) | set(b))}
+
+
+def build_gallery(
+    records: Sequence[Record],
+    encoder: Any,
+    out: PathLike,
+    *,
+    kind: Union[str, IndexSpec] = "flat",
+    batch_size: int = DEFAULT_CHUNK,
+    model_info: Optional[Mapping[str, Any]] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    source: Optional[Mapping[str, Any]] = None,
+) -> Gallery:
+    """Embed ``records`` with ``encoder`` and write a gallery directory at ``out`` (atomically).
+
+    ``kind`` is ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``, or an :class:`IndexSpec` with parameters;
+    approximate kinds get their recall@10 against exact search measured and stored in the manifest.
+    ``model_info`` overrides :func:`encoder_info`; ``source`` (e.g. the folder or dataset) is recorded as is.
+    An existing ``out`` is an error unless ``overwrite``; a failure at any point leaves no ``out`` behind
+    (and an overwritten gallery untouched).
+    """
+    spec = kind if isinstance(kind, IndexSpec) else IndexSpec(str(kind))
+    target = Path(out).expanduser()
+    if target.exists() and not overwrite:
+        raise MultError(f"{target}: already exists; add images with `mult index add`, or pass --overwrite to replace it")
+    if target.exists() and not target.is_dir():
+        raise MultError(f"{target}: exists and is not a folder; choose another gallery path")
+    records = _absolute(records)
+    if not records:
+        raise MultError("no images to index; the gallery needs at least one image")
+    model = dict(model_info) if model_info is not None else encoder_info(encoder)
+    started = time.perf_counter()
+    vectors = embed_records(records, encoder, chunk=batch_size, progress=progress)
+    embed_s = time.perf_counter() - started
+    spec = spec.resolved(len(vectors))
+    started = time.perf_counter()
+    index = build_index(vectors, spec, progress=progress)
+    index_s = time.perf_counter() - started
+    model.setdefault("embedding_size", int(vectors.shape[1]))
+    created = _now()
+    index_entry: dict[str, Any] = {"kind": spec.kind, "metric": "inner_product", "params": spec.params(),
+                                   "wrapper": "IndexIDMap2", "faiss_version": faiss.__version__,
+                                   "build_seconds": round(index_s, 3), "embed_seconds": round(embed_s, 3)}
+    if spec.kind != "flat":
+        index_entry.update(measure_recall(index, spec))
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "created": created, "updated": created,
+        "model": model, "embedding_size": int(vectors.shape[1]), "count": len(records),
+        "modalities": _modality_counts(records), "index": index_entry, "source": dict(source or {}),
+        "history": [{"action": "build", "time": created, "added": len(records), "count": len(records)}],
+    }
+    staging = _staging_dir(target)
+    try:
+        manifest = _write_gallery_files(staging, index, records, manifest)
+        _swap_in(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return Gallery(target, index, list(records), manifest)
+
+
+# ================================================================================================ CLI work
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> list[str]:
+    """Plain-text table lines; columns listed in ``right`` are right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _model_line(model: Mapping[str, Any]) -> str:
+    parts = [str(model.get(k)) for k in ("name", "model_name", "encoder") if model.get(k)][:1]
+    for key in ("version", "model_version", "depth"):
+        if model.get(key) is not None:
+            parts.append(f"{key} {model[key]}")
+    if model.get("weights_sha256"):
+        parts.append(f"weights {str(model['weights_sha256'])[:12]}")
+    return ", ".join(parts) or "unknown"
+
+
+@dataclass
+class GalleryReport:
+    """What ``mult index build|add|info`` prints: the gallery's info, plus what this command changed."""
+
+    action: str
+    info: dict[str, Any]
+    added: Optional[int] = None
+    skipped: Optional[int] = None
+    seconds: Optional[float] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "gallery": self.info}
+        for key in ("added", "skipped", "seconds"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def render(self) -> str:
+        info = self.info
+        spec = IndexSpec.from_manifest(info["index"])
+        modalities = ", ".join(f"{m} {n:,}" for m, n in info.get("modalities", {}).items())
+        rows = [
+            ("images", f"{info['count']:,} ({modalities})"),
+            ("identities", f"{info['identities']:,} known, {info['images_without_id']:,} images without id"),
+            ("embedding", f"{info['embedding_size']}-d, model {_model_line(info.get('model', {}))}"),
+            ("index", spec.describe()),
+        ]
+        recall_key = f"recall_at_{RECALL_K}"
+        if info["index"].get(recall_key) is not None:
+            rows.append((f"recall@{RECALL_K}", f"{info['index'][recall_key]:.4f} vs exact "
+                                               f"({info['index'].get('recall_queries')} gallery images as queries)"))
+        rows.append(("files", ", ".join(f"{name} {_human_bytes(entry['bytes'])}"
+                                        for name, entry in info.get("files", {}).items())))
+        rows.append(("created", f"{info.get('created')} (updated {info.get('updated')})"))
+        head = {"build": "built gallery", "add": "updated gallery", "info": "gallery"}[self.action]
+        lines = [f"{head} {info['directory']}"]
+        if self.action == "build" and self.seconds is not None:
+            lines[0] += f" in {self.seconds:.1f} s"
+        if self.action == "add":
+            lines.append(f"  added {self.added:,} image(s), skipped {self.skipped:,} already indexed"
+                         + (f", {self.seconds:.1f} s" if self.seconds is not None else ""))
+        width = max(len(k) for k, _ in rows)
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        return "\n".join(lines)
+
+
+def index_build(
+    encoder: Any,
+    out: PathLike,
+    *,
+    images: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    data_root: Optional[PathLike] = None,
+    modality: Union[Modality, str] = Modality.infrared,
+    regdb_split: int = 1,
+    kind: str = "flat",
+    nlist: Optional[int] = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_search: int = 64,
+    batch_size: int = DEFAULT_CHUNK,
+    overwrite: bool = False,
+    model_info: Optional[Mapping[str, Any]] = None,
+    progress: bool = True,
+) -> GalleryReport:
+    """``mult index build``: index a folder (``images``) or a dataset's test images of ``modality`` at ``out``."""
+    spec = IndexSpec(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
+    source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else
+              {"dataset": str(dataset), "data_root": os.path.abspath(os.fspath(data_root or "")),
+               **({"regdb_split": regdb_split} if str(dataset).lower() == "regdb" else {})})
+    source["modality"] = as_modality(modality).value
+    started = time.perf_counter()
+    gallery = build_gallery(records, encoder, out, kind=spec, batch_size=batch_size, model_info=model_info,
+                            overwrite=overwrite, progress=progress, source=source)
+    return GalleryReport("build", gallery.info(), added=len(gallery), seconds=round(time.perf_counter() - started, 3))
+
+
+def index_add(
+    encoder: Any,
+    gallery_dir: PathLike,
+    *,
+    images: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    data_root: Optional[PathLike] = None,
+    modality: Union[Modality, str, None] = None,
+    regdb_split: int = 1,
+    batch_size: int = DEFAULT_CHUNK,
+    model_info: Optional[Mapping[str, Any]] = None,
+    progress: bool = True,
+) -> GalleryReport:
+    """``mult index add``: embed and append new images (``modality`` defaults to the gallery's own)."""
+    gallery = Gallery.open(gallery_dir)
+    if modality is None:
+        present = list(gallery.modalities)
+        if len(present) != 1:
+            raise MultError(f"{gallery_dir}: the gallery holds {', '.join(present) or 'no'} images; "
+                            "say which modality the new images are (--modality visible|infrared)")
+        modality = present[0]
+    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
+    started = time.perf_counter()
+    counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress)
+    return GalleryReport("add", gallery.info(), added=counts["added"], skipped=counts["skipped"],
+                         seconds=round(time.perf_counter() - started, 3))
+
+
+def index_info(gallery_dir: PathLike, *, verify: bool = True) -> GalleryReport:
+    """``mult index info``: the gallery's manifest and counts (checksums verified unless ``verify=False``)."""
+    return GalleryReport("info", Gallery.open(gallery_dir, verify=verify).info())
+
+
+@dataclass
+class SearchReport:
+    """What ``mult search`` prints: the query, the gallery it searched, and the ranked hits."""
+
+    query: str
+    query_modality: str
+    gallery: str
+    gallery_modalities: dict[str, int]
+    count: int
+    top_k: int
+    hits: list[Hit]
+    query_pid: Optional[int] = None
+    ranklist: Optional[str] = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "query_modality": self.query_modality, "query_pid": self.query_pid,
+                "gallery": self.gallery, "gallery_modalities": self.gallery_modalities, "gallery_count": self.count,
+                "top_k": self.top_k, "hits": [h.as_dict() for h in self.hits], "ranklist": self.ranklist,
+                "seconds": self.seconds}
+
+    def render(self) -> str:
+        held = ", ".join(self.gallery_modalities) or "empty"
+        lines = [f"query {self.query} ({self.query_modality}) -> gallery {self.gallery} "
+                 f"({held}, {self.count:,} images), top {self.top_k}"]
+        if self.query_modality in self.gallery_modalities and len(self.gallery_modalities) == 1:
+            lines.append("note: the query and the gallery have the same modality (not a cross-modality search)")
+        rows = [(h.rank, f"{h.score:.4f}", h.id, "-" if h.pid is None else h.pid, h.camid, h.modality, h.path)
+                for h in self.hits]
+        match = None if self.query_pid is None else [h.pid == self.query_pid for h in self.hits]
+        if match is not None:
+            rows = [row + ("yes" if m else "no",) for row, m in zip(rows, match)]
+        headers = ["rank", "score", "id", "pid", "cam", "modality", "path"] + (["match"] if match is not None else [])
+        lines += _table(headers, rows, right=(0, 1, 2, 3, 4))
+        if self.ranklist:
+            lines.append(f"rank list: {self.ranklist}")
+        return "\n".join(lines)
+
+
+def search_query(
+    encoder: Any,
+    index_dir: PathLike,
+    query: PathLike,
+    *,
+    query_modality: Union[Modality, str] = Modality.visible,
+    top_k: int = 10,
+    save_ranklist: Optional[PathLike] = None,
+    query_pid: Optional[int] = None,
+    nprobe: Optional[int] = None,
+    ef_search: Optional[int] = None,
+    model_info: Optional[Mapping[str, Any]] = None,
+    verify: bool = True,
+) -> SearchReport:
+    """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images.
+
+    The query modality defaults to visible (the gallery usually holds infrared crops). ``save_ranklist``
+    writes the query + top-k image (:func:`mult.serving.ranklist.save_ranklist`); ``query_pid``, when known,
+    colours the hits green/red and adds a match column. ``verify=False`` skips the checksums (sizes and
+    counts are still checked), which saves reading a multi-GB index twice.
+    """
+    wanted = as_modality(query_modality)
+    query_path = os.path.abspath(os.fspath(Path(query).expanduser()))
+    if not os.path.isfile(query_path):
+        raise MultError(f"{query_path}: query image not found; pass an existing image file")
+    gallery = Gallery.open(index_dir, verify=verify)
+    model = dict(model_info) if model_info is not None else encoder_info(encoder)
+    check_same_model(gallery.manifest.get("model", {}), model, gallery.directory)
+    started = time.perf_counter()
+    embedding = _unit_rows(encoder.encode([query_path], wanted), [query_path], gallery.embedding_size)
+    embed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    hits = gallery.search(embedding, top_k, nprobe=nprobe, ef_search=ef_search)[0]
+    search_s = time.perf_counter() - started
+    report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
+                          int(top_k), hits, query_pid=query_pid,
+                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)})
+    if save_ranklist is not None:
+        from mult.serving.ranklist import save_ranklist as write_ranklist
+
+        report.ranklist = str(write_ranklist(query_path, hits, save_ranklist, query_pid=query_pid,
+                                             query_caption=f"query · {wanted.value}"))
+    return report
