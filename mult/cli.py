@@ -16,6 +16,9 @@ from typing import Optional
 import typer
 
 from mult import __version__
+from mult.cli_common import DatasetFormat, encoder_from_options
+from mult.cli_common import print_json as _print_json
+from mult.cli_search import index_app, search_commands
 from mult.errors import MultError
 
 app = typer.Typer(
@@ -28,15 +31,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Create and check datasets (SYSU-MM01, RegDB, SynthVI).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-class DatasetFormat(str, Enum):
-    sysu = "sysu"
-    regdb = "regdb"
-
-
-def _print_json(payload: object) -> None:
-    typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+app.add_typer(index_app, name="index")
+app.registered_commands += search_commands.registered_commands
 
 
 def _version_callback(value: bool) -> None:
@@ -237,17 +233,13 @@ def evaluate(
 
         run = RunDir(run_dir).require()
         cfg = run.config()
-    if server is not None and local is not None:
-        raise MultError("pass either --server URL or --local REPO, not both")
     ds = dataset.value if dataset else (cfg.dataset if cfg else None)
     root = data_root or (Path(cfg.data_root) if cfg and cfg.data_root else None)
     if ds is None or root is None:
         raise MultError("say which data to evaluate on: pass a run directory, or --dataset and --data-root")
     split = split or (cfg.regdb_split if cfg else 1)
     if server is not None or local is not None:
-        from mult.serving.encoders import open_encoder
-
-        encoder = open_encoder(server=server, local=local)
+        encoder = encoder_from_options(server, local)
     elif cfg is not None:
         from mult.features import TorchEncoder
         from mult.train.trainer import resolve_device
