@@ -15,6 +15,7 @@ SUITE = {
     "synth": ["benchmarks.bench_synth", "--format", "sysu", "--ids", "491"],
     "jaccard": ["benchmarks.bench_jaccard"],
     "label_transfer": ["benchmarks.bench_label_transfer"],
+    "serving": ["benchmarks.bench_serving"],
     # 1M x 2048 needs ~9 GiB per index and (estimated) tens of minutes of IVF/HNSW building on 2 cores:
     # run it by hand with --sizes 1000000.
     "index": ["benchmarks.bench_index", "--sizes", "10000", "100000"],

@@ -5,10 +5,15 @@ REPO/
   mult_visible/
     config.pbtxt          platform onnxruntime_onnx (the official Triton container), dynamic batching
     1/model.onnx          uint8 [-1, H, W, 3] RGB -> FP32 [-1, D] unit embeddings
-    1/manifest.json       source checkpoint sha256, sizes, opset, flip, parity figures, created time
+    1/manifest.json       source checkpoint sha256, sizes, opset, flip, precision, parity figures, created time
   mult_infrared/
     ...
 ```
+
+``precision`` picks what ``model.onnx`` computes in (:mod:`mult.export.quantize`): ``fp32`` (default), ``fp16``
+(FP16 trunk) or ``int8`` (static QDQ quantisation calibrated on real images). The served interface is the same
+for all three. A reduced-precision version is checked twice: the FP32 export against torch (``parity_fp32``,
+FP32 tolerances), then the converted model against torch (``parity``, the precision's tolerances).
 
 Both models always get the same version number, so ``mult_visible/3`` and ``mult_infrared/3`` come from
 the same checkpoint. Each version directory is built under a hidden temporary name (``.tmp-*``, which Triton
@@ -34,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from mult.config import TrainConfig
+from mult.data.images import IMAGE_EXTENSIONS, is_image_file
 from mult.data.records import Modality
 from mult.errors import MultError
 from mult.export.onnx_export import (
@@ -44,6 +50,7 @@ from mult.export.onnx_export import (
     export_onnx,
     parity_check,
 )
+from mult.export.quantize import PARITY_TOLERANCES, check_precision, to_fp16, to_int8
 from mult.io import write_text_atomic
 
 MODEL_NAMES: dict[Modality, str] = {Modality.visible: "mult_visible", Modality.infrared: "mult_infrared"}
@@ -52,6 +59,10 @@ CONFIG_FILE = "config.pbtxt"
 MANIFEST_FILE = "manifest.json"
 #: Number of images the parity check runs (batch 1 and batch N, N odd so it differs from any export batch).
 PARITY_IMAGES = 7
+#: INT8 calibration images per stem by default (min/max ranges; more images only widen them slowly).
+DEFAULT_CALIBRATION_IMAGES = 64
+#: Name of the FP32 export inside a staged version folder while an FP16/INT8 copy is made from it.
+FP32_SCRATCH_FILE = "model.fp32.onnx"
 #: Dynamic batcher wait: 100 us is the Triton docs' suggested starting point for latency-bound models.
 DEFAULT_QUEUE_DELAY_US = 100
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
@@ -71,6 +82,25 @@ class ExportedModel:
     manifest_path: Path
     parity: ParityReport
     parity_images: str
+    precision: str = "fp32"
+    #: FP32 export's parity (FP16/INT8 versions only; ``parity`` is then the converted model's).
+    parity_fp32: Optional[ParityReport] = None
+    calibration: Optional[dict[str, Any]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "modality": self.modality,
+            "precision": self.precision,
+            "onnx": str(self.onnx_path),
+            "config": str(self.config_path),
+            "manifest": str(self.manifest_path),
+            "parity": {**self.parity.to_dict(), "images": self.parity_images},
+        }
+        if self.parity_fp32 is not None:
+            data["parity_fp32"] = {**self.parity_fp32.to_dict(), "images": self.parity_images}
+        if self.calibration is not None:
+            data["calibration"] = dict(self.calibration)
+        return data
 
 
 @dataclass(frozen=True)
@@ -83,24 +113,17 @@ class ExportResult:
     width: int
     embedding_size: int
     models: dict[str, ExportedModel] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (for ``mult export --json``)."""
         return {
             "repo": str(self.repo),
             "version": self.version,
+            "precision": self.precision,
             "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, self.height, self.width, 3]},
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, self.embedding_size]},
-            "models": {
-                name: {
-                    "modality": m.modality,
-                    "onnx": str(m.onnx_path),
-                    "config": str(m.config_path),
-                    "manifest": str(m.manifest_path),
-                    "parity": {**m.parity.to_dict(), "images": m.parity_images},
-                }
-                for name, m in self.models.items()
-            },
+            "models": {name: m.to_dict() for name, m in self.models.items()},
         }
 
 
@@ -213,6 +236,26 @@ def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, height, width, 3), dtype=np.uint8)
 
 
+def _spread(count: int, n: int) -> np.ndarray:
+    """``min(n, count)`` indices spread evenly over ``range(count)`` (first and last included)."""
+    return np.unique(np.linspace(0, count - 1, num=min(int(n), count)).round().astype(int))
+
+
+def training_image_paths(modality: Modality, cfg: TrainConfig, n: int) -> tuple[list[str], Path]:
+    """``n`` training images of ``modality`` spread evenly over the run's dataset, and the dataset root.
+
+    A missing or unreadable dataset is a MultError (the callers decide whether that is fatal).
+    """
+    from mult.train.data import load_training_set
+
+    root = Path(cfg.data_root).expanduser()
+    train = load_training_set(cfg.dataset, root, regdb_split=cfg.regdb_split)
+    records = train.visible if modality is Modality.visible else train.infrared
+    if not records:
+        raise MultError(f"no {modality.value} training images under {root}")
+    return [records[i].path for i in _spread(len(records), n)], root
+
+
 def parity_images(
     modality: Modality,
     cfg: Optional[TrainConfig],
@@ -234,19 +277,60 @@ def parity_images(
         return _load_resized(paths, height, width), f"files ({len(paths)} given)"
     if cfg is None or not cfg.data_root:
         return random_images(n, height, width, seed), "random (no dataset recorded in the run config)"
-    root = Path(cfg.data_root).expanduser()
     try:
-        from mult.train.data import load_training_set
-
-        train = load_training_set(cfg.dataset, root, regdb_split=cfg.regdb_split)
-        records = train.visible if modality is Modality.visible else train.infrared
-        if not records:
-            raise MultError(f"no {modality.value} training images under {root}")
-        picks = np.linspace(0, len(records) - 1, num=min(n, len(records))).round().astype(int)
-        images = _load_resized([records[i].path for i in picks], height, width)
+        paths, root = training_image_paths(modality, cfg, n)
+        images = _load_resized(paths, height, width)
     except MultError as err:
         return random_images(n, height, width, seed), f"random (dataset unavailable: {err})"
     return images, f"dataset {cfg.dataset} at {root} ({len(images)} {modality.value} images)"
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def int8_calibration_images(
+    modality: Modality,
+    cfg: Optional[TrainConfig],
+    height: int,
+    width: int,
+    *,
+    calibration_dir: Optional[PathLike] = None,
+    n: int = DEFAULT_CALIBRATION_IMAGES,
+) -> tuple[np.ndarray, str]:
+    """INT8 calibration images of one stem (uint8 ``[k, H, W, 3]``, k <= n spread evenly) and a note.
+
+    ``calibration_dir``: its ``visible/`` and ``infrared/`` subfolders when it has them (each stem calibrated
+    on its own modality), else every image under it for both stems. Without it: the run's training images of
+    this modality. Random images would give meaningless ranges, so finding none is a MultError.
+    """
+    if int(n) < 1:
+        raise MultError(f"the number of calibration images must be >= 1, got {n}")
+    if calibration_dir is not None:
+        folder = Path(os.fspath(calibration_dir)).expanduser()
+        if not folder.is_dir():
+            raise MultError(f"{folder}: no such calibration folder; pass a folder of images to --calibration-dir")
+        split = {m: folder / m.value for m in Modality if (folder / m.value).is_dir()}
+        if split and modality not in split:
+            raise MultError(f"{folder}: has {', '.join(p.name + '/' for p in split.values())} but no "
+                            f"{modality.value}/ subfolder; add {modality.value} images there or use one flat folder")
+        source = split.get(modality, folder)
+        files = _image_files(source)
+        if not files:
+            raise MultError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) for INT8 calibration; "
+                            "put some images of the served kind there")
+        picked = [files[i] for i in _spread(len(files), n)]
+        return _load_resized(picked, height, width), f"folder {source} ({len(picked)} of {len(files)} images)"
+    if cfg is None or not cfg.data_root:
+        raise MultError("INT8 needs calibration images and the run config records no dataset; pass "
+                        "--calibration-dir DIR (a folder of person crops, optionally with visible/ and infrared/)")
+    try:
+        paths, root = training_image_paths(modality, cfg, n)
+    except MultError as err:
+        raise MultError(f"INT8 needs calibration images and the run's dataset is unavailable ({err}); pass "
+                        "--calibration-dir DIR") from None
+    images = _load_resized(paths, height, width)
+    return images, f"dataset {cfg.dataset} at {root} ({len(images)} {modality.value} training images)"
 
 
 # ---- repository ----------------------------------------------------------------------------------------
@@ -275,6 +359,38 @@ def _make_temp_dir(parent: Path, version: int) -> Path:
     return tmp
 
 
+def _convert_and_check(
+    model: Any,
+    modality: Modality,
+    precision: str,
+    fp32_path: Path,
+    onnx_path: Path,
+    images: np.ndarray,
+    flip: bool,
+    calibration: Optional[tuple[np.ndarray, str]],
+) -> tuple[ParityReport, Optional[dict[str, Any]]]:
+    """Convert the staged FP32 export to ``precision`` at ``onnx_path``, drop the FP32 file, and check the result
+    against torch with the precision's tolerances. Returns the parity report and the calibration record."""
+    info: Optional[dict[str, Any]] = None
+    if precision == "fp16":
+        to_fp16(fp32_path, onnx_path)
+    else:
+        assert calibration is not None  # loaded up front for INT8
+        images_int8, note = calibration
+        to_int8(fp32_path, onnx_path, images_int8)
+        info = {"count": int(len(images_int8)), "source": note, "method": "minmax"}
+    fp32_path.unlink()
+    max_abs_tol, min_cosine_tol = PARITY_TOLERANCES[precision]
+    try:
+        report = parity_check(model, modality, onnx_path, images, flip=flip, max_abs_tol=max_abs_tol,
+                              min_cosine_tol=min_cosine_tol)
+    except MultError as err:
+        hint = " or calibrate on other images (--calibration-dir)" if precision == "int8" else ""
+        raise MultError(f"{precision.upper()} export: {err} (tolerances for {precision}: max abs {max_abs_tol:g}, "
+                        f"min cosine {min_cosine_tol}); export FP32 instead{hint}") from None
+    return report, info
+
+
 def write_model_repository(
     source: PathLike,
     repo: PathLike,
@@ -288,17 +404,29 @@ def write_model_repository(
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     instance_kind: str = "KIND_AUTO",
     instance_count: int = 1,
+    precision: str = "fp32",
+    calibration_dir: Optional[PathLike] = None,
+    calibration_count: int = DEFAULT_CALIBRATION_IMAGES,
 ) -> ExportResult:
     """Export a run (directory or checkpoint file) as ``mult_visible`` and ``mult_infrared`` into ``repo``.
 
     ``version=None`` takes the next free number. Each model's ONNX file is checked against torch before the
     version folders are renamed into place; ``calibration_images`` (image files) replace the dataset images
     used for that check. Writes/overwrites each model's ``config.pbtxt`` (it describes the newest version).
+
+    ``precision`` ``"fp16"`` / ``"int8"`` serves a converted copy of the FP32 export (same interface), checked
+    against torch with that precision's tolerances (:data:`mult.export.quantize.PARITY_TOLERANCES`). INT8 is
+    calibrated on ``calibration_count`` images per stem from ``calibration_dir`` or, by default, the run's
+    training images (:func:`int8_calibration_images`).
     """
     from mult.train.run import find_run_model
 
     source = Path(source).expanduser()
     repo = Path(repo).expanduser()
+    precision = check_precision(precision)
+    if calibration_dir is not None and precision != "int8":
+        raise MultError(f"a calibration folder ({calibration_dir}) is only used by INT8 exports; add --int8 or "
+                        "drop --calibration-dir")
     if not source.exists():
         raise MultError(f"{source}: no such run directory or checkpoint; pass the --out folder of `mult train` "
                         "or a checkpoint.pt")
@@ -309,6 +437,11 @@ def write_model_repository(
     model, cfg = find_run_model(source)
     height = cfg.height if cfg is not None else TrainConfig.height
     width = cfg.width if cfg is not None else TrainConfig.width
+    # INT8 calibration images before anything is written: a missing dataset fails fast and leaves nothing.
+    calibration: dict[Modality, tuple[np.ndarray, str]] = {}
+    if precision == "int8":
+        calibration = {m: int8_calibration_images(m, cfg, height, width, calibration_dir=calibration_dir,
+                                                  n=calibration_count) for m in MODEL_NAMES}
     _prepare_repo(repo)
     if version is None:
         version = next_version(repo)
@@ -321,17 +454,22 @@ def write_model_repository(
                             f"the next free one ({next_version(repo)})")
     sha = file_sha256(checkpoint)
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    max_abs_tol, min_cosine_tol = PARITY_TOLERANCES[precision]
     staged: dict[Modality, Path] = {}
-    reports: dict[Modality, tuple[ParityReport, str]] = {}
+    exported: dict[Modality, dict[str, Any]] = {}
     try:
         for modality, name in MODEL_NAMES.items():
             staged[modality] = tmp = _make_temp_dir(repo / name, version)
-            # Images first: a bad calibration file fails before the (slower) export.
+            # Images first: a bad parity file fails before the (slower) export.
             images, note = parity_images(modality, cfg, height, width, calibration_images=calibration_images)
-            onnx_path = export_onnx(model, modality, tmp / ONNX_FILE, height=height, width=width, flip=flip,
-                                    opset=opset)
-            report = parity_check(model, modality, onnx_path, images, flip=flip)
-            reports[modality] = (report, note)
+            onnx_path = tmp / ONNX_FILE
+            fp32_path = onnx_path if precision == "fp32" else tmp / FP32_SCRATCH_FILE
+            export_onnx(model, modality, fp32_path, height=height, width=width, flip=flip, opset=opset)
+            report_fp32 = parity_check(model, modality, fp32_path, images, flip=flip)
+            report, calib_info = report_fp32, None
+            if precision != "fp32":
+                report, calib_info = _convert_and_check(model, modality, precision, fp32_path, onnx_path, images,
+                                                        flip, calibration.get(modality))
             manifest = {
                 "model": name,
                 "modality": modality.value,
@@ -350,13 +488,22 @@ def write_model_repository(
                 "embedding_size": model.feature_dim,
                 "opset": int(opset),
                 "flip": bool(flip),
+                "precision": precision,
                 "tensorrt_fp16": bool(tensorrt),
                 "max_batch_size": int(max_batch_size),
-                "parity": {**report.to_dict(), "images": note},
+                "parity": {**report.to_dict(), "images": note,
+                           "tolerances": {"max_abs": max_abs_tol, "min_cosine": min_cosine_tol}},
+                "calibration": calib_info,
                 "onnx_sha256": file_sha256(onnx_path),
+                "onnx_bytes": onnx_path.stat().st_size,
                 "versions": _library_versions(),
             }
+            if precision != "fp32":
+                manifest["parity_fp32"] = {**report_fp32.to_dict(), "images": note}
             write_text_atomic(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            exported[modality] = {"parity": report, "parity_images": note, "precision": precision,
+                                  "parity_fp32": report_fp32 if precision != "fp32" else None,
+                                  "calibration": calib_info}
         # Both models passed: publish them (renames only, nothing left to fail between them but the OS).
         models: dict[str, ExportedModel] = {}
         for modality, name in MODEL_NAMES.items():
@@ -368,9 +515,8 @@ def write_model_repository(
                 tensorrt=tensorrt, max_queue_delay_us=max_queue_delay_us, instance_kind=instance_kind,
                 instance_count=instance_count,
             ))
-            report, note = reports[modality]
             models[name] = ExportedModel(name, modality.value, version, final / ONNX_FILE, config_path,
-                                         final / MANIFEST_FILE, report, note)
+                                         final / MANIFEST_FILE, **exported[modality])
     except OSError as err:
         raise MultError(f"{repo}: writing the model repository failed ({type(err).__name__}: {err.strerror}); "
                         "check free space and permissions") from None
@@ -378,7 +524,7 @@ def write_model_repository(
         for tmp in staged.values():
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(repo, version, height, width, model.feature_dim, models)
+    return ExportResult(repo, version, height, width, model.feature_dim, models, precision)
 
 
 def _library_versions() -> dict[str, str]:

@@ -265,6 +265,12 @@ def export(
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Add the TensorRT FP16 accelerator block (GPU hosts)."),
     max_batch_size: int = typer.Option(64, "--max-batch-size", min=1, help="Triton max_batch_size."),
     calibration_image: list[Path] = typer.Option([], "--image", help="Images for the parity check (repeatable)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Serve an FP16 copy (FP16 conv trunk; uint8 in, FP32 out unchanged)."),
+    int8: bool = typer.Option(False, "--int8", help="Serve an INT8 copy (ONNX Runtime static QDQ, calibrated on real images)."),
+    calibration_dir: Optional[Path] = typer.Option(
+        None, "--calibration-dir", help="INT8 calibration images (visible/ and infrared/ subfolders are used per stem; "
+        "default: the run's training images)."),
+    calibration_count: int = typer.Option(64, "--calibration-count", min=1, help="INT8 calibration images per stem."),
     as_json: bool = typer.Option(False, "--json", help="Print the export summary as JSON."),
 ) -> None:
     """Export both stems to ONNX (uint8 NHWC in, L2-normalised embeddings out) as Triton models
@@ -274,13 +280,18 @@ def export(
     """
     from mult.export.repository import write_model_repository
 
+    if fp16 and int8:
+        raise MultError("choose one of --fp16 and --int8")
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     result = write_model_repository(source, repo, version=version, flip=flip, tensorrt=tensorrt,
-                                    max_batch_size=max_batch_size, calibration_images=calibration_image or None)
+                                    max_batch_size=max_batch_size, calibration_images=calibration_image or None,
+                                    precision=precision, calibration_dir=calibration_dir,
+                                    calibration_count=calibration_count)
     summary = result.to_dict()
     if as_json:
         _print_json(summary)
         return
-    typer.echo(f"exported version {result.version} to {result.repo} "
+    typer.echo(f"exported version {result.version} ({result.precision}) to {result.repo} "
                f"(input {result.height}x{result.width}x3 uint8, embeddings {result.embedding_size}-d)")
     for name, model in result.models.items():
         parity = model.parity
@@ -305,6 +316,27 @@ def serve(
 
     raise typer.Exit(run_serve(repo, host=host, grpc_port=grpc_port, http_port=http_port,
                                metrics_port=metrics_port, echo=typer.echo))
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path("demo"), "--workdir", help="Where data, run, model repository and gallery go."),
+    ids: int = typer.Option(100, "--ids", min=8, help="SynthVI identities to render (80% train, 20% test)."),
+    seed: int = typer.Option(0, "--seed", help="Data and training seed."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface the page binds."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port of the page."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", min=1, max=65535, help="Triton gRPC port (default: a free one)."),
+    ready_only: bool = typer.Option(False, "--ready-only", help="Stop once the page answers (for CI and timing)."),
+) -> None:
+    """The whole system on synthetic data: render SynthVI, train (synth-demo preset), export, start Triton,
+    index the infrared gallery and open the search page. Steps already done are skipped.
+
+    Example: mult demo   (then open the printed URL; Ctrl-C stops everything)
+    """
+    from mult.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(workdir=workdir, ids=ids, seed=seed, host=host, port=port, grpc_port=grpc_port,
+                         ready_only=ready_only), echo=typer.echo)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

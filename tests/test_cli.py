@@ -48,3 +48,9 @@ def test_serve_rejects_a_missing_repository_in_one_line(tmp_path, capsys):
     assert code == 2
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert str(missing) in err
+
+
+def test_export_refuses_two_precisions(tmp_path, capsys):
+    code, _, err = run_main(["export", str(tmp_path), "--fp16", "--int8"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "--fp16" in err and "--int8" in err
