@@ -18,17 +18,11 @@ install: $(BIN)/.installed
 test: install
 	$(BIN)/python -m pytest -q
 
-# Until `mult demo` exists (export, Triton and the search page come with later issues), the demo runs the
-# parts that do: render SynthVI, train the synth-demo preset (stage 1 + MULT + OCLR), evaluate.
-DEMO_DATA ?= data/synth-demo
-DEMO_RUN  ?= runs/demo
+# The main job end to end (`mult demo`): render SynthVI, train synth-demo, export, start Triton, index the
+# infrared gallery, open the search page and print its URL. Ctrl-C stops everything. Re-running skips what is done.
+DEMO_ARGS ?=
 demo: install
-	test -f $(DEMO_DATA)/exp/test_id.txt || $(BIN)/mult data synth --format sysu --out $(DEMO_DATA) --ids 100 \
-		--height 128 --width 64 --images-per-camera 5 --seed 0
-	if [ -f $(DEMO_RUN)/checkpoint.pt ]; then $(BIN)/mult train --out $(DEMO_RUN) --resume; \
-	else $(BIN)/mult train --preset synth-demo --data-root $(DEMO_DATA) --out $(DEMO_RUN); fi
-	$(BIN)/mult evaluate $(DEMO_RUN)
-	@echo "plots: $(DEMO_RUN)/training.png   metrics: $(DEMO_RUN)/metrics.jsonl"
+	$(BIN)/mult demo $(DEMO_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -135,3 +135,27 @@ def search(
                                       save_ranklist=save_ranklist, query_pid=query_pid, nprobe=nprobe,
                                       ef_search=ef_search)
     _report(report, as_json)
+
+
+@search_commands.command("app")
+def app_command(
+    index: Path = typer.Option(..., "--index", help="Gallery folder written by `mult index build`."),
+    server: Optional[str] = _SERVER,
+    local: Optional[Path] = _LOCAL,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (127.0.0.1: this machine only)."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="HTTP port of the page."),
+    top_k: int = typer.Option(10, "--top-k", min=1, max=100, help="Gallery images shown per search."),
+    examples: Optional[Path] = typer.Option(None, "--examples", help="Folder of example query images (default: a few from the gallery)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default web browser."),
+) -> None:
+    """Serve the Gradio search page: upload a photo, rank the gallery visible -> infrared (or back).
+
+    Example: mult app --index gallery --server 127.0.0.1:8001 --port 7860
+    """
+    from mult.app.search_page import run_app
+    from mult.cli_common import DEFAULT_SERVER
+
+    if server is None and local is None:
+        server = DEFAULT_SERVER
+    raise typer.Exit(run_app(index, server=server, local=local, host=host, port=port, top_k=top_k,
+                             examples=examples, open_browser=open_browser, echo=typer.echo))

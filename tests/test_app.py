@@ -1,0 +1,355 @@
+"""The Gradio search page, served in-process on a free 127.0.0.1 port and called the way users call it:
+``gradio_client.Client(url).predict(handle_file(png), direction, api_name="/search")``.
+
+Galleries are built with the tiny exported model (``tiny_export``); the page embeds through in-process ONNX
+Runtime and through a real Triton server. Expected rankings are computed here independently (encode the files,
+dot products, argsort), so a swapped stem, a wrong filter or a stale index shows up as a different ranking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from conftest import write_crops  # noqa: E402
+from mult.app.search_page import (  # noqa: E402
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_PIXELS,
+    AppHandle,
+    SearchService,
+    folder_examples,
+    launch_app,
+    pick_examples,
+    run_app,
+)
+from mult.errors import MultError  # noqa: E402
+from mult.serving.gallery import Gallery, build_gallery, records_for_gallery  # noqa: E402
+from mult.serving.onnx_local import OnnxEncoder  # noqa: E402
+from mult.serving.triton_server import TritonServer, free_port  # noqa: E402
+
+IR_PIDS = (3, 7, 12)
+VIS_PIDS = (3, 7)
+TOP_K = 5
+V2I, I2V = "visible → infrared", "infrared → visible"
+CAPTION = re.compile(r"^#(\d+) (\d\.\d{3}) · id (\d+) · cam (\d+)$")
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> dict[str, Path]:
+    """Infrared crops (3 ids x 3, grey) and visible crops (2 ids x 2, colour) in <pid>/ folders."""
+    root = tmp_path_factory.mktemp("app_images")
+    write_crops(root / "ir", IR_PIDS, per_pid=3, seed=0)
+    write_crops(root / "vis", VIS_PIDS, per_pid=2, seed=1, mode="RGB")
+    return {"infrared": root / "ir", "visible": root / "vis"}
+
+
+@pytest.fixture(scope="module")
+def local(tiny_export) -> Iterator[OnnxEncoder]:
+    with OnnxEncoder(tiny_export.repo) as encoder:
+        yield encoder
+
+
+@pytest.fixture(scope="module")
+def galleries(crops, local, tmp_path_factory) -> dict[str, Path]:
+    """``ir``: the 9 infrared crops only; ``mixed``: those plus the 4 visible crops."""
+    base = tmp_path_factory.mktemp("app_galleries")
+    ir = records_for_gallery(images_dir=crops["infrared"], modality="infrared")
+    vis = records_for_gallery(images_dir=crops["visible"], modality="visible")
+    build_gallery(ir, local, base / "ir", progress=False)
+    build_gallery(ir + vis, local, base / "mixed", progress=False)
+    return {"ir": base / "ir", "mixed": base / "mixed"}
+
+
+@contextlib.contextmanager
+def running_app(gallery: Path, downloads: Path, **encoder) -> Iterator[tuple[AppHandle, object]]:
+    handle = launch_app(gallery, port=free_port(), top_k=TOP_K, **encoder)
+    try:
+        client = gradio_client.Client(handle.url, verbose=False, analytics_enabled=False,
+                                      download_files=str(downloads))
+        try:
+            yield handle, client
+        finally:
+            client.close()
+    finally:
+        handle.close()
+
+
+@pytest.fixture(scope="module")
+def ir_app(galleries, tiny_export, tmp_path_factory):
+    with running_app(galleries["ir"], tmp_path_factory.mktemp("dl_ir"), local=tiny_export.repo) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def mixed_app(galleries, tiny_export, tmp_path_factory):
+    with running_app(galleries["mixed"], tmp_path_factory.mktemp("dl_mixed"), local=tiny_export.repo) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def triton(tiny_export) -> Iterator[TritonServer]:
+    """One real Triton server for the module, on a fixed free gRPC port so that it can come back on it."""
+    server = TritonServer(tiny_export.repo, grpc_port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def triton_app(galleries, triton, tmp_path_factory):
+    with running_app(galleries["ir"], tmp_path_factory.mktemp("dl_triton"), server=triton.url) as app:
+        yield app
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+
+def search(client, path: Optional[Path], direction: str) -> tuple[list[dict], str, list[dict]]:
+    query = None if path is None else gradio_client.handle_file(str(path))
+    tiles, status, hits = client.predict(query, direction, api_name="/search")
+    return tiles, status, hits
+
+
+def expected(local: OnnxEncoder, gallery_dir: Path, query: Path, query_modality: str,
+             target: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scores) of the top-k gallery images of ``target`` (None: all), computed from the image files."""
+    records = Gallery.open(gallery_dir).records
+    rows = np.array([i for i, r in enumerate(records) if target is None or r.modality.value == target])
+    modality = target or records[0].modality.value  # every gallery searched whole here holds one modality
+    g = local.encode([records[i].path for i in rows], modality)
+    q = local.encode([str(query)], query_modality)[0]
+    scores = (g @ q) / (np.linalg.norm(g, axis=1) * np.linalg.norm(q))
+    order = np.argsort(-scores, kind="stable")[:TOP_K]
+    return rows[order], scores[order]
+
+
+def gallery_id(gallery_dir: Path, path: Path) -> int:
+    return [r.path for r in Gallery.open(gallery_dir).records].index(str(path))
+
+
+def check_tiles(tiles: list[dict], hits: list[dict]) -> None:
+    """Captions say rank, score (3 decimals), person id and camera of the hit shown in the same place."""
+    assert len(tiles) == len(hits)
+    for rank, (tile, hit) in enumerate(zip(tiles, hits), start=1):
+        match = CAPTION.match(tile["caption"])
+        assert match, tile["caption"]
+        assert (int(match[1]), float(match[2]), int(match[3]), int(match[4])) == \
+            (rank, round(hit["score"], 3), hit["pid"], hit["camid"])
+        assert os.path.isfile(tile["image"])
+
+
+def rgb(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# ---- searching ------------------------------------------------------------------------------------------
+
+
+def test_self_query_finds_itself_and_direction_picks_the_stem(ir_app, galleries, crops, local):
+    handle, client = ir_app
+    query = crops["infrared"] / "0007" / "1.png"
+    own_id = gallery_id(galleries["ir"], query)
+
+    tiles, status, hits = search(client, query, I2V)  # infrared stem, like the gallery: it finds itself
+    ids, scores = expected(local, galleries["ir"], query, "infrared", None)
+    assert [h["id"] for h in hits] == ids.tolist() and ids[0] == own_id
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-4)
+    assert hits[0]["score"] > 0.9999 and hits[0]["pid"] == 7 and hits[0]["modality"] == "infrared"
+    check_tiles(tiles, hits)
+    assert tiles[0]["caption"] == "#1 1.000 · id 7 · cam 0"
+    np.testing.assert_array_equal(rgb(tiles[0]["image"]), rgb(query))  # the result shows the gallery image itself
+    assert "top 5 of 9 gallery images" in status and "infrared stem" in status and "ONNX Runtime" in status
+
+    tiles, status, hits = search(client, query, V2I)  # visible stem: another embedding, another ranking
+    ids, scores = expected(local, galleries["ir"], query, "visible", None)
+    assert [h["id"] for h in hits] == ids.tolist()
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-4)
+    assert hits[0]["score"] < 0.9999
+    check_tiles(tiles, hits)
+    assert "visible stem" in status
+
+    # The page tells the user that this gallery holds one modality only.
+    import httpx
+
+    config = httpx.get(handle.url + "config", timeout=10).json()
+    summary = next(c["props"]["value"] for c in config["components"]
+                   if c.get("props", {}).get("elem_id") == "gallery-summary")
+    assert "holds only infrared images" in summary and "9 images" in summary
+
+
+def test_mixed_gallery_ranks_only_the_other_modality(mixed_app, galleries, crops, local):
+    _, client = mixed_app
+    query = crops["visible"] / "0003" / "0.png"
+    tiles, status, hits = search(client, query, V2I)
+    ids, scores = expected(local, galleries["mixed"], query, "visible", "infrared")
+    assert [h["id"] for h in hits] == ids.tolist() and len(hits) == TOP_K
+    assert {h["modality"] for h in hits} == {"infrared"}
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-4)
+    check_tiles(tiles, hits)
+    assert "top 5 of 9 infrared images (gallery 13)" in status
+
+    query = crops["infrared"] / "0012" / "2.png"
+    tiles, status, hits = search(client, query, I2V)  # only 4 visible images: all of them, ranked
+    ids, scores = expected(local, galleries["mixed"], query, "infrared", "visible")
+    assert [h["id"] for h in hits] == ids.tolist() and len(hits) == 4
+    assert {h["modality"] for h in hits} == {"visible"} and [h["rank"] for h in hits] == [1, 2, 3, 4]
+    check_tiles(tiles, hits)
+    assert "top 4 of 4 visible images" in status and "infrared stem" in status
+
+
+def test_examples_come_from_the_gallery_or_a_folder(galleries, tmp_path):
+    mixed = Gallery.open(galleries["mixed"])
+    picked = pick_examples(mixed)  # the gallery holds visible images too: those are the queries
+    by_path = {r.path: r for r in mixed.records}
+    assert picked and all(by_path[p].modality.value == "visible" for p in picked)
+    assert sorted(by_path[p].pid for p in picked) == list(VIS_PIDS)  # one per person
+    ir = Gallery.open(galleries["ir"])
+    picked = pick_examples(ir, n=2)
+    assert len(picked) == 2 and len({Path(p).parent for p in picked}) == 2
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert folder_examples(tmp_path) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    with pytest.raises(MultError, match="no examples folder"):
+        folder_examples(tmp_path / "missing")
+
+
+def test_moved_gallery_image_shows_a_placeholder(local, tmp_path):
+    """The page does not break when a gallery image was deleted after indexing (SearchService, no Gradio)."""
+    paths = write_crops(tmp_path / "ir", (5,), per_pid=2, seed=3)
+    gallery = build_gallery(records_for_gallery(images_dir=tmp_path / "ir", modality="infrared"), local,
+                            tmp_path / "gallery", progress=False)
+    query = tmp_path / "query.png"
+    query.write_bytes(paths[0].read_bytes())
+    paths[1].unlink()
+    answer = SearchService(gallery, local, top_k=2).search(str(query), I2V)
+    assert answer.ok and [h["id"] for h in answer.hits] == [0, 1] and answer.hits[0]["score"] > 0.9999
+    (first, first_caption), (second, second_caption) = answer.tiles
+    np.testing.assert_array_equal(np.asarray(first), rgb(query))
+    assert not first_caption.endswith("file missing") and second_caption.endswith("· file missing")
+    assert second.size == (64, 128)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+
+def test_bad_uploads_get_one_clear_line(ir_app, crops, tmp_path):
+    _, client = ir_app
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture\n")
+    padded = tmp_path / "huge.png"  # a valid PNG with junk after it: only a size check made before decoding fails it
+    padded.write_bytes((crops["infrared"] / "0003" / "0.png").read_bytes() + b"\0" * MAX_UPLOAD_BYTES)
+    wide = tmp_path / "wide.png"  # 20.5 Mpixel of black: a ~20 kB file, refused from its header
+    Image.new("L", (5000, MAX_UPLOAD_PIXELS // 5000 + 100)).save(wide)
+
+    cases = [(text, V2I, "notes.png: not a readable image"),
+             (padded, V2I, f"huge.png: the file is {padded.stat().st_size:,} bytes, above the upload limit of "
+                           f"{MAX_UPLOAD_BYTES:,} bytes (20 MB)"),
+             (wide, I2V, "wide.png: image is 5000x4100 = 20,500,000 pixels, above the limit of 20,000,000"),
+             (None, V2I, "no query image: upload a photo")]
+    for path, direction, message in cases:
+        tiles, status, hits = search(client, path, direction)
+        assert status.startswith("⚠️ ") and message in status, status
+        assert "Traceback" not in status and "\n" not in status
+        assert tiles == [] and hits == []
+    _, status, _ = search(client, crops["infrared"] / "0003" / "0.png", "sideways")
+    assert "unknown direction 'sideways'" in status and V2I in status
+    tiles, _, hits = search(client, crops["infrared"] / "0003" / "0.png", I2V)  # the page still works
+    assert len(tiles) == TOP_K and hits[0]["score"] > 0.9999
+
+
+def test_launch_problems_are_multerrors(galleries, tiny_export, tmp_path):
+    with pytest.raises(MultError, match="no gallery folder"):
+        launch_app(tmp_path / "nowhere", local=tiny_export.repo, port=free_port())
+    with pytest.raises(MultError, match="exactly one"):
+        launch_app(galleries["ir"], port=free_port())
+    with pytest.raises(MultError, match="top-k"):
+        launch_app(galleries["ir"], local=tiny_export.repo, port=free_port(), top_k=0)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(MultError, match=f"127.0.0.1:{port}: the port is in use"):
+            launch_app(galleries["ir"], local=tiny_export.repo, port=port)
+
+
+# ---- through a real Triton server ---------------------------------------------------------------------------
+
+
+def test_search_through_triton_matches_local(triton_app, triton, galleries, crops, local):
+    _, client = triton_app
+    query = crops["infrared"] / "0012" / "0.png"
+    tiles, status, hits = search(client, query, I2V)
+    ids, scores = expected(local, galleries["ir"], query, "infrared", None)
+    assert [h["id"] for h in hits] == ids.tolist() and ids[0] == gallery_id(galleries["ir"], query)
+    np.testing.assert_allclose([h["score"] for h in hits], scores, atol=1e-4)
+    check_tiles(tiles, hits)
+    assert f"Triton at {triton.url}" in status
+
+
+def test_server_down_mid_session_then_back(triton_app, triton, galleries, crops):
+    _, client = triton_app
+    query = crops["infrared"] / "0003" / "2.png"
+    own_id = gallery_id(galleries["ir"], query)
+    assert search(client, query, I2V)[2][0]["id"] == own_id
+    triton.stop()
+    try:
+        tiles, status, hits = search(client, query, I2V)
+        assert status == (f"⚠️ the model server at {triton.url} is not answering; start it with `mult serve "
+                          f"--repo model_repository --grpc-port {triton.url.rsplit(':', 1)[1]}` and search again")
+        assert tiles == [] and hits == []
+    finally:
+        triton.start()  # same gRPC port: the page reconnects without a restart
+    assert search(client, query, I2V)[2][0]["id"] == own_id
+
+
+# ---- the blocking entry point behind `mult app` -------------------------------------------------------------
+
+
+def test_run_app_serves_until_sigterm(galleries, tiny_export):
+    """``mult app`` blocks in run_app; SIGTERM (like Ctrl-C) stops it cleanly with status 0 and frees the port."""
+    import httpx
+
+    port = free_port()
+    lines: list[str] = []
+    answers: list[int] = []
+    up = threading.Event()
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("search page at"):
+            up.set()  # run_app has installed its SIGTERM handler before saying so
+
+    def poke() -> None:
+        if up.wait(120):  # never signal a process that has no handler for it
+            answers.append(httpx.get(f"http://127.0.0.1:{port}/config", timeout=10).status_code)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=poke, daemon=True)
+    thread.start()
+    assert run_app(galleries["ir"], local=tiny_export.repo, port=port, top_k=3, echo=echo) == 0
+    thread.join(10)
+    assert lines[0] == f"search page at http://127.0.0.1:{port}/" and answers == [200]
+    assert lines[-1] == "Stopping the search page..."
+    assert signal.getsignal(signal.SIGTERM) is previous
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/config", timeout=5)
