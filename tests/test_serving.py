@@ -66,7 +66,8 @@ def _cmdlines_containing(text: str) -> list[int]:
 def _stats(client, name: str) -> tuple[int, int]:
     """(successful requests, model executions) summed over the served versions."""
     stats = client.get_inference_statistics(name, as_json=True)["model_stats"]
-    return (sum(int(s["inference_stats"]["success"]["count"]) for s in stats),
+    # protobuf's JSON leaves out zero counters, so a model not yet asked has no "count" at all
+    return (sum(int(s.get("inference_stats", {}).get("success", {}).get("count", 0)) for s in stats),
             sum(int(s.get("execution_count", 0)) for s in stats))
 
 
