@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 
 from conftest import write_crops
+from mult.app.browser import CHROMIUM, TIMEOUT_MS, loaded_results, open_page, screenshot, upload_query
 from mult.app.search_page import launch_app
-from mult.io import atomic_path
 from mult.serving.gallery import build_gallery, records_for_gallery
 from mult.serving.onnx_local import OnnxEncoder
 from mult.serving.triton_server import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-#: ENVIRONMENT.md "Browser tests": never let Chromium fetch anything or update itself.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
 TOP_K = 5
-TIMEOUT_MS = 30_000
 CAPTION = re.compile(r"^#\d+ \d\.\d{3} · id \d+ · cam \d+$")
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: install it with "
@@ -46,24 +41,8 @@ def app(tiny_export, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    from playwright.sync_api import sync_playwright  # imported here: only needed when Chromium is there
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            tab.set_default_timeout(TIMEOUT_MS)
-            tab.goto(app[0].url)
-            yield tab
-        finally:
-            browser.close()
-
-
-def loaded_results(tab, n: int) -> None:
-    """Wait until the result gallery shows ``n`` images that the browser actually decoded."""
-    tab.wait_for_function(
-        "n => [...document.querySelectorAll('#results .thumbnail-item img')]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length === n", arg=n, timeout=TIMEOUT_MS)
+    with open_page(app[0].url) as tab:
+        yield tab
 
 
 def wait_status(tab, text: str) -> str:
@@ -77,8 +56,7 @@ def test_upload_search_and_messages_in_chromium(page, app):
     assert "holds only infrared images" in page.locator("#gallery-summary").inner_text()
 
     # Upload through the file input: the upload itself runs the search (infrared stem: the image finds itself).
-    page.get_by_label("infrared → visible").check()
-    page.locator("#query input[type=file]").set_input_files(str(base / "ir" / "0007" / "1.png"))
+    upload_query(page, base / "ir" / "0007" / "1.png", "infrared → visible")
     loaded_results(page, TOP_K)
     captions = page.locator("#results .caption-label").all_inner_texts()
     assert len(captions) == TOP_K and all(CAPTION.match(c) for c in captions), captions
@@ -87,8 +65,7 @@ def test_upload_search_and_messages_in_chromium(page, app):
     assert "top 5 of 9 gallery images" in status and "1.png" in status
     shot = os.environ.get("MULT_SCREENSHOT")
     if shot:
-        with atomic_path(Path(shot)) as tmp:
-            page.screenshot(path=str(tmp), type="png", full_page=True)
+        screenshot(page, Path(shot))
 
     # An example from the gallery, the other direction, the Search button.
     page.get_by_label("visible → infrared").check()
