@@ -27,8 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +38,7 @@ from PIL import Image
 from mult.data.images import DEFAULT_MAX_BYTES, is_image_file, load_image, load_image_bytes
 from mult.data.records import Modality
 from mult.errors import MultError
+from mult.interrupts import sigterm_as_interrupt
 from mult.serving.encoders import RESAMPLE, open_encoder
 from mult.serving.gallery import Gallery, Hit, check_same_model, encoder_info
 
@@ -374,20 +373,17 @@ def run_app(gallery_dir: PathLike, *, server: Optional[str] = None, local: Optio
     """``mult app``: serve the page until Ctrl-C / SIGTERM, then stop cleanly. Returns 0."""
     handle = launch_app(gallery_dir, server=server, local=local, host=host, port=port, top_k=top_k, share=share,
                         open_browser=open_browser, examples=examples)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
-    try:
-        echo(f"search page at {handle.url}" + (f" (public link {handle.share_url})" if handle.share_url else ""))
-        echo("  " + re.sub(r"[*`]", "", handle.blocks.mult_service.summary().splitlines()[0]))
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            echo(f"  note: bound to {host}, so other machines can reach the page; it has no login")
-        echo("Press Ctrl-C to stop.")
-        while True:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        echo("Stopping the search page...")
-        return 0
-    finally:
-        handle.close()
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt():
+        try:
+            echo(f"search page at {handle.url}" + (f" (public link {handle.share_url})" if handle.share_url else ""))
+            echo("  " + re.sub(r"[*`]", "", handle.blocks.mult_service.summary().splitlines()[0]))
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                echo(f"  note: bound to {host}, so other machines can reach the page; it has no login")
+            echo("Press Ctrl-C to stop.")
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            echo("Stopping the search page...")
+            return 0
+        finally:
+            handle.close()

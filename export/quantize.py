@@ -57,10 +57,12 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: different images have cosine ~0 there): FP16 max abs 8e-4 / cosine 0.99999; INT8 max abs 0.035 / cosine
 #: 0.981 (per-channel or not, first/last layers kept in FP32 or not, min-max or percentile ranges: all
 #: 0.974-0.984); INT8 calibrated on black frames: cosine ~0. The bounds leave room for other weights while a
-#: broken conversion (wrong ranges, overflow, a swapped stem) lands far below them.
+#: broken conversion (wrong ranges, overflow, a swapped stem) lands far below them. A random-init ResNet-50 at
+#: 288x144 (50 FP16 layers, untrained statistics) measured FP16 max abs 8.0e-3 / cosine 0.99897, hence the FP16
+#: cosine bound of 0.995: the retrieval-metric change (benchmarks/bench_serving.py) is the finer check.
 PARITY_TOLERANCES: dict[str, tuple[float, float]] = {
     "fp32": (MAX_ABS_TOL, MIN_COSINE_TOL),
-    "fp16": (1e-2, 0.999),
+    "fp16": (2e-2, 0.995),
     "int8": (0.1, 0.95),
 }
 #: Op types of the convolutional trunk (BN is folded into Conv by the exporter; a left-over one is allowed).

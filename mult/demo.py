@@ -11,13 +11,13 @@ and the server cleanly.
 
 from __future__ import annotations
 
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from mult.errors import MultError
+from mult.interrupts import sigterm_as_interrupt
 
 Echo = Callable[[str], None]
 
@@ -108,10 +108,6 @@ def build_gallery(opts: DemoOptions, server_url: str, echo: Echo) -> None:
     echo(f"   {report.info['count']} infrared gallery images indexed")
 
 
-def _raise_interrupt(signum, frame) -> None:  # SIGTERM behaves like Ctrl-C: the finally blocks clean up
-    raise KeyboardInterrupt
-
-
 def run_demo(opts: DemoOptions, echo: Echo = print) -> str:
     """Run every step; serve the page until interrupted (or return once it answers with ``ready_only``).
 
@@ -127,27 +123,25 @@ def run_demo(opts: DemoOptions, echo: Echo = print) -> str:
         t = _step(echo, title)
         step(opts, echo)
         echo(f"   {time.time() - t:.0f} s")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        t = _step(echo, "4/5 start Triton and index the infrared gallery")
-        with TritonServer(opts.repo, host="127.0.0.1", grpc_port=opts.grpc_port) as server:
-            echo(f"   Triton gRPC at {server.url}")
-            build_gallery(opts, server.url, echo)
-            echo(f"   {time.time() - t:.0f} s")
-            _step(echo, "5/5 the search page")
-            handle = launch_app(opts.gallery, server=server.url, host=opts.host, port=opts.port, top_k=opts.top_k)
-            url = handle.url
-            try:
-                echo(f"ready in {time.time() - started:.0f} s: open {url}  (Ctrl-C stops the page and the server)")
-                if not opts.ready_only:
-                    while True:
-                        time.sleep(1)
-            finally:
-                handle.close()
-    except KeyboardInterrupt:
-        echo("stopping")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt():
+        try:
+            t = _step(echo, "4/5 start Triton and index the infrared gallery")
+            with TritonServer(opts.repo, host="127.0.0.1", grpc_port=opts.grpc_port) as server:
+                echo(f"   Triton gRPC at {server.url}")
+                build_gallery(opts, server.url, echo)
+                echo(f"   {time.time() - t:.0f} s")
+                _step(echo, "5/5 the search page")
+                handle = launch_app(opts.gallery, server=server.url, host=opts.host, port=opts.port, top_k=opts.top_k)
+                url = handle.url
+                try:
+                    echo(f"ready in {time.time() - started:.0f} s: open {url}  (Ctrl-C stops the page and the server)")
+                    if not opts.ready_only:
+                        while True:
+                            time.sleep(1)
+                finally:
+                    handle.close()
+        except KeyboardInterrupt:
+            echo("stopping")
     return url
 
 

@@ -48,6 +48,7 @@ from typing import Callable, Optional, Union
 
 from mult.data.records import Modality
 from mult.errors import MultError
+from mult.interrupts import sigterm_as_interrupt
 from mult.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from mult.export.repository import CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, MANIFEST_FILE, MODEL_NAMES, ONNX_FILE
 from mult.io import write_text_atomic
@@ -564,14 +565,6 @@ class TritonServer:
 # ---- the CLI entry point ------------------------------------------------------------------------------
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM turned into an exception, so ``serve``'s finally-block stops the server like Ctrl-C does."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated()
-
-
 def serve(repo: PathLike, host: str = "127.0.0.1", grpc_port: Optional[int] = DEFAULT_PORTS["grpc"],
           http_port: Optional[int] = DEFAULT_PORTS["http"], metrics_port: Optional[int] = DEFAULT_PORTS["metrics"],
           *, log_file: Optional[PathLike] = None, version_policy: str = "all", startup_timeout_s: float = 120.0,
@@ -582,24 +575,21 @@ def serve(repo: PathLike, host: str = "127.0.0.1", grpc_port: Optional[int] = DE
     """
     server = TritonServer(repo, host, grpc_port, http_port, metrics_port, log_file, version_policy=version_policy,
                           startup_timeout_s=startup_timeout_s)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
-    try:
-        server.start()
-        echo(f"Triton is serving {', '.join(server.model_names)} from {server.repo} "
-             f"(ready in {server.startup_s:.1f} s)")
-        echo(f"  gRPC     {server.url}    e.g. `mult search --server {server.url} ...`")
-        echo(f"  HTTP     {server.http_url}")
-        echo(f"  metrics  {server.metrics_url}")
-        echo(f"  log      {server.log_path}")
-        echo("Press Ctrl-C to stop.")
-        while server.running():
-            time.sleep(0.5)
-        raise MultError(f"Triton stopped unexpectedly; {server.log_label()}: {log_excerpt(server.log_path)}")
-    except KeyboardInterrupt:
-        echo("Stopping Triton...")
-        return 0
-    finally:
-        server.stop()
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_interrupt():
+        try:
+            server.start()
+            echo(f"Triton is serving {', '.join(server.model_names)} from {server.repo} "
+                 f"(ready in {server.startup_s:.1f} s)")
+            echo(f"  gRPC     {server.url}    e.g. `mult search --server {server.url} ...`")
+            echo(f"  HTTP     {server.http_url}")
+            echo(f"  metrics  {server.metrics_url}")
+            echo(f"  log      {server.log_path}")
+            echo("Press Ctrl-C to stop.")
+            while server.running():
+                time.sleep(0.5)
+            raise MultError(f"Triton stopped unexpectedly; {server.log_label()}: {log_excerpt(server.log_path)}")
+        except KeyboardInterrupt:
+            echo("Stopping Triton...")
+            return 0
+        finally:
+            server.stop()

@@ -163,19 +163,16 @@ class TinyExport:
     width: int
 
 
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> TinyExport:
-    """Export once per session. BN statistics and the infrared stem are perturbed, so a skipped normalisation
-    or a swapped stem changes the embeddings visibly."""
+def perturbed_encoder(seed: int):
+    """A random-init ResNet-18 encoder in eval mode with non-trivial BN running statistics and distinct stems,
+    so a wrong stem or a skipped normalisation changes its embeddings visibly."""
     import warnings
 
     import torch
 
-    from mult.config import preset_config
-    from mult.export.repository import write_model_repository
     from mult.model import PretrainedWeightsWarning, TwoStreamEncoder
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
         model = TwoStreamEncoder("resnet18")
@@ -186,7 +183,19 @@ def tiny_export(tmp_path_factory) -> TinyExport:
                 module.running_var.uniform_(0.5, 1.5)
         for p in model.infrared_stem.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    model.eval()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> TinyExport:
+    """Export once per session. BN statistics and the infrared stem are perturbed, so a skipped normalisation
+    or a swapped stem changes the embeddings visibly."""
+    import torch
+
+    from mult.config import preset_config
+    from mult.export.repository import write_model_repository
+
+    model = perturbed_encoder(0)
     base = tmp_path_factory.mktemp("tiny_export")
     run = base / "run"
     run.mkdir()

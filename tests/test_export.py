@@ -6,11 +6,11 @@ import datetime as dt
 import hashlib
 import json
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import perturbed_encoder
 import torch
 from PIL import Image
 
@@ -34,25 +34,13 @@ from mult.export.repository import (
     write_model_repository,
 )
 from mult.data.records import Modality
-from mult.model import PretrainedWeightsWarning, TwoStreamEncoder
+from mult.model import TwoStreamEncoder
 
 H, W = 64, 32
 
 
 def _encoder(seed: int) -> TwoStreamEncoder:
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        model = TwoStreamEncoder("resnet18")
-    # Non-trivial BN running statistics and distinct stems, so a wrong stem or a skipped normalisation shows.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-        for p in model.infrared_stem.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return perturbed_encoder(seed)
 
 
 @pytest.fixture(scope="module")
