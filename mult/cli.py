@@ -339,6 +339,25 @@ def demo(
                          ready_only=ready_only), echo=typer.echo)
 
 
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all): eval synth jaccard "
+                                      "label_transfer serving index."),
+) -> None:
+    """Run the side-by-side benchmarks of the source checkout (results under .bench/, see BENCHMARKS.md).
+
+    Example: mult bench serving index
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise MultError("the benchmarks ship with the source checkout, not the installed package; "
+                        "clone the repository and run `mult bench` there (or `python -m benchmarks`)")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks", *(names or []), *ctx.args], cwd=root))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning expected mistakes into one line and exit status 2."""
     try:

@@ -54,3 +54,9 @@ def test_export_refuses_two_precisions(tmp_path, capsys):
     code, _, err = run_main(["export", str(tmp_path), "--fp16", "--int8"], capsys)
     assert code == 2 and "Traceback" not in err
     assert "--fp16" in err and "--int8" in err
+
+
+def test_bench_lists_the_suite_on_an_unknown_name(capfd):
+    proc = subprocess.run([sys.executable, "-m", "mult.cli", "bench", "no-such-bench"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown benchmark(s) no-such-bench" in proc.stderr and "serving" in proc.stderr
