@@ -116,7 +116,7 @@ def run_child(kind: str, work: Path, args: argparse.Namespace) -> dict:
     """Build one index kind over the regenerated vectors, time it, measure latency, memory and recall."""
     import faiss
 
-    from mult.serving.gallery import IndexSpec, add_vectors, new_index, recall_at_k, search_params, train_sample
+    from mult.serving.faiss_index import IndexSpec, add_vectors, new_index, recall_at_k, search_params, train_sample
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
@@ -191,7 +191,7 @@ def _child_args(args: argparse.Namespace, n: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- parent
 def bench_size(n: int, args: argparse.Namespace) -> dict:
     """Ground truth for one N, then every kind in its own child (skipping kinds that would not fit)."""
-    from mult.serving.gallery import IndexSpec, exact_topk
+    from mult.serving.faiss_index import IndexSpec, exact_topk
 
     result: dict = {"n": n, "dim": args.dim, "centres": max(1, n // args.per_centre), "sigma": args.sigma}
     spec = IndexSpec("ivf", nlist=args.nlist, train_per_list=args.train_per_list).resolved(n)

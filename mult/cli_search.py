@@ -60,7 +60,7 @@ def index_build(
 
     Example: mult index build --dataset sysu --data-root data/synth-demo --modality infrared --local model_repository --out gallery
     """
-    from mult.serving import gallery
+    from mult.serving import gallery_commands as gallery
 
     with encoder_from_options(server, local) as encoder:
         report = gallery.index_build(
@@ -86,7 +86,7 @@ def index_add(
 
     Example: mult index add gallery --images new_crops/ --local model_repository
     """
-    from mult.serving import gallery
+    from mult.serving import gallery_commands as gallery
 
     with encoder_from_options(server, local) as encoder:
         report = gallery.index_add(
@@ -105,7 +105,7 @@ def index_info(
 
     Example: mult index info gallery --json
     """
-    from mult.serving import gallery
+    from mult.serving import gallery_commands as gallery
 
     _report(gallery.index_info(gallery_dir, verify=verify), as_json)
 
@@ -128,7 +128,7 @@ def search(
 
     Example: mult search --index gallery --query person.jpg --top-k 10 --save-ranklist ranks.png --local model_repository
     """
-    from mult.serving import gallery
+    from mult.serving import gallery_commands as gallery
 
     with encoder_from_options(server, local) as encoder:
         report = gallery.search_query(encoder, index, query, query_modality=query_modality.value, top_k=top_k,

@@ -98,7 +98,7 @@ def export(opts: DemoOptions, echo: Echo) -> None:
 
 def build_gallery(opts: DemoOptions, server_url: str, echo: Echo) -> None:
     from mult.serving.encoders import open_encoder
-    from mult.serving.gallery import index_build
+    from mult.serving.gallery_commands import index_build
 
     if (opts.gallery / "manifest.json").is_file():
         echo(f"   {opts.gallery}: already built")

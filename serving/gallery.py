@@ -24,9 +24,8 @@ Five-line use::
     hits = gallery.search(encoder.encode(["me.jpg"], "visible"), k=10)[0]
     print(hits[0].path, hits[0].score)
 
-The ``index_build`` / ``index_add`` / ``index_info`` / ``search_query`` functions at the end do the work of
-``mult index build|add|info`` and ``mult search``; they return reports with ``render()`` (a table) and
-``as_dict()`` (for ``--json``).
+The index itself (kinds, building, recall) is :mod:`mult.serving.faiss_index`; the work of the
+``mult index`` and ``mult search`` commands is :mod:`mult.serving.gallery_commands`.
 """
 
 from __future__ import annotations
@@ -34,15 +33,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -53,6 +51,7 @@ from tqdm import tqdm
 from mult.data.folder import as_modality, read_folder
 from mult.data.records import Modality, Record
 from mult.errors import MultError
+from mult.serving.faiss_index import IndexSpec, add_vectors, build_index, measure_recall, search_params
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,213 +60,12 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "manifest.json"
-KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw")
 #: Manifest ``model`` keys that identify the weights: when both sides have one, they must agree.
 MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "name", "model_name", "version", "model_version", "weights_sha256", "depth", "flip", "height", "width",
 )
 #: Images handed to the encoder per call (the encoder batches further inside).
 DEFAULT_CHUNK = 256
-#: Vectors added to an HNSW index per call (a progress-bar step for its slow insertions).
-ADD_CHUNK = 16_384
-#: Gallery vectors used as queries when measuring an approximate index's recall@10 against exact search.
-RECALL_QUERIES = 1000
-RECALL_K = 10
-#: faiss k-means wants >= 39 training points per list; fewer lists than that are pointless.
-MIN_POINTS_PER_LIST = 39
-
-
-# ================================================================================================ index spec
-@dataclass(frozen=True)
-class IndexSpec:
-    """Which faiss index, with its parameters. ``nlist=None`` means ~4*sqrt(N) lists (resolved at build).
-
-    IVF lists are trained on the gallery itself (at most ``train_per_list * nlist`` vectors, a seeded sample);
-    ``nprobe`` and ``ef_search`` are stored defaults that each search may override.
-    """
-
-    kind: str = "flat"
-    nlist: Optional[int] = None
-    nprobe: int = 16
-    train_per_list: int = 64
-    hnsw_m: int = 32
-    ef_construction: int = 40
-    ef_search: int = 64
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise MultError(f"index kind {self.kind!r} is unknown; use one of {', '.join(KINDS)}")
-        for name in ("nprobe", "train_per_list", "hnsw_m", "ef_construction", "ef_search"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise MultError(f"index parameter {name}={value!r} must be a positive integer")
-        if self.nlist is not None and (isinstance(self.nlist, bool) or not isinstance(self.nlist, (int, np.integer))
-                                       or self.nlist < 1):
-            raise MultError(f"index parameter nlist={self.nlist!r} must be a positive integer (or left out)")
-
-    def resolved(self, n: int) -> "IndexSpec":
-        """This spec with ``nlist`` fixed for a gallery of ``n`` vectors (IVF only)."""
-        if self.kind != "ivf":
-            return self
-        nlist = self.nlist if self.nlist is not None else default_nlist(n)
-        if nlist > n:
-            raise MultError(f"IVF nlist={nlist} is larger than the gallery ({n} images); use fewer lists or kind 'flat'")
-        return replace(self, nlist=int(nlist), nprobe=int(min(self.nprobe, nlist)))  # faiss probes at most nlist
-
-    def params(self) -> dict[str, int]:
-        """The parameters that matter for this kind (what the manifest records)."""
-        if self.kind == "ivf":
-            return {"nlist": int(self.nlist or 0), "nprobe": self.nprobe, "train_per_list": self.train_per_list}
-        if self.kind == "hnsw":
-            return {"M": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
-        return {}
-
-    @classmethod
-    def from_manifest(cls, index: Mapping[str, Any]) -> "IndexSpec":
-        params = dict(index.get("params") or {})
-        kind = index.get("kind", "flat")
-        if kind == "ivf":
-            return cls("ivf", nlist=params.get("nlist"), nprobe=params.get("nprobe", 16),
-                       train_per_list=params.get("train_per_list", 64))
-        if kind == "hnsw":
-            return cls("hnsw", hnsw_m=params.get("M", 32), ef_construction=params.get("ef_construction", 40),
-                       ef_search=params.get("ef_search", 64))
-        return cls(kind)
-
-    def describe(self) -> str:
-        if self.kind == "ivf":
-            return f"ivf (IVF-Flat, nlist={self.nlist}, nprobe={self.nprobe})"
-        if self.kind == "hnsw":
-            return f"hnsw (HNSW-Flat, M={self.hnsw_m}, efSearch={self.ef_search})"
-        return "flat (exact inner product)"
-
-
-def default_nlist(n: int) -> int:
-    """IVF list count for ``n`` vectors: ~4*sqrt(n) (faiss guidelines), but at most n/39 so that k-means has
-    its minimum of 39 training points per list, and at least 1."""
-    return int(max(1, min(round(4 * math.sqrt(max(n, 1))), n // MIN_POINTS_PER_LIST)))
-
-
-def new_index(dim: int, spec: IndexSpec) -> faiss.Index:
-    """An empty inner-product index of ``spec`` (resolved) wrapped in ``IndexIDMap2`` for stable ids."""
-    metric = faiss.METRIC_INNER_PRODUCT
-    if spec.kind == "flat":
-        inner = faiss.IndexFlatIP(dim)
-    elif spec.kind == "ivf":
-        if not spec.nlist:
-            raise ValueError("resolve the IVF spec (IndexSpec.resolved) before creating the index")
-        inner = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(spec.nlist), metric)
-        inner.nprobe = int(spec.nprobe)
-        if spec.nlist == 1:
-            inner.cp.min_points_per_centroid = 1  # one list: nothing to cluster, so no "too few points" warning
-        inner.make_direct_map()  # lets add() reconstruct stored vectors to re-measure recall
-    else:
-        inner = faiss.IndexHNSWFlat(dim, int(spec.hnsw_m), metric)
-        inner.hnsw.efConstruction = int(spec.ef_construction)
-        inner.hnsw.efSearch = int(spec.ef_search)
-    return faiss.IndexIDMap2(inner)  # faiss's Python layer keeps `inner` alive with the wrapper
-
-
-def train_sample(n: int, spec: IndexSpec, seed: int = 0) -> np.ndarray:
-    """Sorted row numbers of the vectors an IVF index is trained on (all of them when few enough)."""
-    size = min(n, int(spec.nlist or 1) * spec.train_per_list)
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-def add_vectors(index: faiss.Index, vectors: np.ndarray, first_id: int, *, progress: bool = False) -> None:
-    """Append ``vectors`` with ids ``first_id, first_id + 1, ...``.
-
-    Flat and IVF take them in one call: faiss then grows its storage once, whereas each chunked call may
-    reallocate (briefly holding old and new buffers). HNSW insertion is slow, so it goes in chunks with a bar.
-    """
-    n = len(vectors)
-    chunk = ADD_CHUNK if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW) else max(n, 1)
-    with tqdm(total=n, desc="index add", unit="vec", disable=not progress or n == 0, leave=False) as bar:
-        for start in range(0, n, chunk):
-            block = np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32)
-            index.add_with_ids(block, np.arange(first_id + start, first_id + start + len(block), dtype=np.int64))
-            bar.update(len(block))
-
-
-def build_index(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0, progress: bool = False) -> faiss.Index:
-    """Create, train (IVF) and fill an index of ``spec`` with ``vectors`` as ids 0..N-1."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    spec = spec.resolved(len(vectors))
-    index = new_index(vectors.shape[1], spec)
-    if not index.is_trained:
-        index.train(vectors[train_sample(len(vectors), spec, seed)])
-    add_vectors(index, vectors, 0, progress=progress)
-    return index
-
-
-def search_params(spec: IndexSpec, nprobe: Optional[int] = None, ef_search: Optional[int] = None):
-    """Per-call faiss search parameters (no shared state is mutated, so concurrent searches are safe)."""
-    if spec.kind == "ivf":
-        return faiss.SearchParametersIVF(nprobe=int(nprobe or spec.nprobe))
-    if spec.kind == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=int(ef_search or spec.ef_search))
-    return None
-
-
-def stored_vector_chunks(index: faiss.Index, chunk: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first row, vectors)`` blocks of an IDMap2-wrapped index's stored vectors (row = id here)."""
-    inner = faiss.downcast_index(index.index)
-    for start in range(0, index.ntotal, chunk):
-        yield start, inner.reconstruct_n(start, min(chunk, index.ntotal - start))
-
-
-# ================================================================================================ recall
-def exact_topk(queries: np.ndarray, chunks: Iterable[tuple[int, np.ndarray]], k: int) -> np.ndarray:
-    """Ids [Q, k] of the ``k`` largest inner products of each query over database blocks ``(first id, block)``.
-
-    Streams the database, so exact ground truth for a gallery larger than memory costs one block at a time.
-    Rows with fewer than ``k`` database vectors are padded with -1.
-    """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for first, block in chunks:
-        scores = queries @ np.asarray(block, dtype=np.float32).T
-        ids = np.broadcast_to(np.arange(first, first + scores.shape[1], dtype=np.int64), scores.shape)
-        all_scores = np.concatenate([best_scores, scores], axis=1)
-        all_ids = np.concatenate([best_ids, ids], axis=1)
-        keep = np.argpartition(-all_scores, k - 1, axis=1)[:, :k] if all_scores.shape[1] > k else \
-            np.broadcast_to(np.arange(all_scores.shape[1]), (len(queries), all_scores.shape[1]))
-        best_scores = np.take_along_axis(all_scores, keep, axis=1)
-        best_ids = np.take_along_axis(all_ids, keep, axis=1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_ids, order, axis=1)
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """k-recall@k: the mean over queries of |found_q ∩ truth_q| / k, with k = ``truth.shape[1]``.
-
-    ``found`` and ``truth`` are id arrays [Q, k]; -1 (no result) never matches. Example: found
-    [[1, 2, 3], [4, 5, 6]], truth [[3, 2, 9], [7, 8, 9]] gives (2/3 + 0/3) / 2 = 1/3.
-    """
-    found = np.asarray(found)
-    truth = np.asarray(truth)
-    if found.shape != truth.shape or found.ndim != 2 or truth.shape[1] == 0:
-        raise ValueError(f"found {found.shape} and truth {truth.shape} must both be [Q, k] with k >= 1")
-    if len(truth) == 0:
-        return float("nan")
-    hit = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
-    return float(hit.any(axis=2).sum() / truth.size)
-
-
-def measure_recall(index: faiss.Index, spec: IndexSpec, *, k: int = RECALL_K, queries: int = RECALL_QUERIES,
-                   seed: int = 0) -> dict[str, Any]:
-    """recall@k of ``index`` against exact search, with a seeded sample of its own vectors as queries."""
-    n = int(index.ntotal)
-    k = min(k, n)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
-    q = index.reconstruct_batch(rows.astype(np.int64)) if len(rows) else np.zeros((0, index.d), np.float32)
-    truth = exact_topk(q, stored_vector_chunks(index), k)
-    _, found = index.search(q, k, params=search_params(spec))
-    return {f"recall_at_{RECALL_K}": round(recall_at_k(found, truth), 4), "recall_queries": int(len(rows)),
-            "recall_k": int(k)}
 
 
 # ================================================================================================ records
@@ -365,7 +163,7 @@ def check_same_model(gallery_model: Mapping[str, Any], model: Mapping[str, Any],
                         "use the same model, or build a new gallery with this one")
 
 
-def _unit_rows(embeddings: Any, paths: Sequence[str], dim: Optional[int]) -> np.ndarray:
+def unit_rows(embeddings: Any, paths: Sequence[str], dim: Optional[int]) -> np.ndarray:
     """The encoder's output as float32 [len(paths), D] unit rows; MultError naming an image it got wrong."""
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(paths):
@@ -395,7 +193,7 @@ def embed_records(records: Sequence[Record], encoder: Any, *, chunk: int = DEFAU
             cuts = [0] + [i for i in range(1, len(block)) if block[i].modality != block[i - 1].modality] + [len(block)]
             for lo, hi in zip(cuts[:-1], cuts[1:]):
                 paths = [r.path for r in block[lo:hi]]
-                emb = _unit_rows(encoder.encode(paths, block[lo].modality), paths, dim)
+                emb = unit_rows(encoder.encode(paths, block[lo].modality), paths, dim)
                 if out is None:
                     dim = emb.shape[1]
                     out = np.empty((len(records), dim), dtype=np.float32)
@@ -784,228 +582,3 @@ def build_gallery(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return Gallery(target, index, list(records), manifest)
-
-
-# ================================================================================================ CLI work
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> list[str]:
-    """Plain-text table lines; columns listed in ``right`` are right-aligned."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def _model_line(model: Mapping[str, Any]) -> str:
-    parts = [str(model.get(k)) for k in ("name", "model_name", "encoder") if model.get(k)][:1]
-    for key in ("version", "model_version", "depth"):
-        if model.get(key) is not None:
-            parts.append(f"{key} {model[key]}")
-    if model.get("weights_sha256"):
-        parts.append(f"weights {str(model['weights_sha256'])[:12]}")
-    return ", ".join(parts) or "unknown"
-
-
-@dataclass
-class GalleryReport:
-    """What ``mult index build|add|info`` prints: the gallery's info, plus what this command changed."""
-
-    action: str
-    info: dict[str, Any]
-    added: Optional[int] = None
-    skipped: Optional[int] = None
-    seconds: Optional[float] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"action": self.action, "gallery": self.info}
-        for key in ("added", "skipped", "seconds"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
-
-    def render(self) -> str:
-        info = self.info
-        spec = IndexSpec.from_manifest(info["index"])
-        modalities = ", ".join(f"{m} {n:,}" for m, n in info.get("modalities", {}).items())
-        rows = [
-            ("images", f"{info['count']:,} ({modalities})"),
-            ("identities", f"{info['identities']:,} known, {info['images_without_id']:,} images without id"),
-            ("embedding", f"{info['embedding_size']}-d, model {_model_line(info.get('model', {}))}"),
-            ("index", spec.describe()),
-        ]
-        recall_key = f"recall_at_{RECALL_K}"
-        if info["index"].get(recall_key) is not None:
-            rows.append((f"recall@{RECALL_K}", f"{info['index'][recall_key]:.4f} vs exact "
-                                               f"({info['index'].get('recall_queries')} gallery images as queries)"))
-        rows.append(("files", ", ".join(f"{name} {_human_bytes(entry['bytes'])}"
-                                        for name, entry in info.get("files", {}).items())))
-        rows.append(("created", f"{info.get('created')} (updated {info.get('updated')})"))
-        head = {"build": "built gallery", "add": "updated gallery", "info": "gallery"}[self.action]
-        lines = [f"{head} {info['directory']}"]
-        if self.action == "build" and self.seconds is not None:
-            lines[0] += f" in {self.seconds:.1f} s"
-        if self.action == "add":
-            lines.append(f"  added {self.added:,} image(s), skipped {self.skipped:,} already indexed"
-                         + (f", {self.seconds:.1f} s" if self.seconds is not None else ""))
-        width = max(len(k) for k, _ in rows)
-        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
-        return "\n".join(lines)
-
-
-def index_build(
-    encoder: Any,
-    out: PathLike,
-    *,
-    images: Optional[PathLike] = None,
-    dataset: Optional[str] = None,
-    data_root: Optional[PathLike] = None,
-    modality: Union[Modality, str] = Modality.infrared,
-    regdb_split: int = 1,
-    kind: str = "flat",
-    nlist: Optional[int] = None,
-    nprobe: int = 16,
-    hnsw_m: int = 32,
-    ef_search: int = 64,
-    batch_size: int = DEFAULT_CHUNK,
-    overwrite: bool = False,
-    model_info: Optional[Mapping[str, Any]] = None,
-    progress: bool = True,
-) -> GalleryReport:
-    """``mult index build``: index a folder (``images``) or a dataset's test images of ``modality`` at ``out``."""
-    spec = IndexSpec(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
-    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
-    source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else
-              {"dataset": str(dataset), "data_root": os.path.abspath(os.fspath(data_root or "")),
-               **({"regdb_split": regdb_split} if str(dataset).lower() == "regdb" else {})})
-    source["modality"] = as_modality(modality).value
-    started = time.perf_counter()
-    gallery = build_gallery(records, encoder, out, kind=spec, batch_size=batch_size, model_info=model_info,
-                            overwrite=overwrite, progress=progress, source=source)
-    return GalleryReport("build", gallery.info(), added=len(gallery), seconds=round(time.perf_counter() - started, 3))
-
-
-def index_add(
-    encoder: Any,
-    gallery_dir: PathLike,
-    *,
-    images: Optional[PathLike] = None,
-    dataset: Optional[str] = None,
-    data_root: Optional[PathLike] = None,
-    modality: Union[Modality, str, None] = None,
-    regdb_split: int = 1,
-    batch_size: int = DEFAULT_CHUNK,
-    model_info: Optional[Mapping[str, Any]] = None,
-    progress: bool = True,
-) -> GalleryReport:
-    """``mult index add``: embed and append new images (``modality`` defaults to the gallery's own)."""
-    gallery = Gallery.open(gallery_dir)
-    if modality is None:
-        present = list(gallery.modalities)
-        if len(present) != 1:
-            raise MultError(f"{gallery_dir}: the gallery holds {', '.join(present) or 'no'} images; "
-                            "say which modality the new images are (--modality visible|infrared)")
-        modality = present[0]
-    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
-    started = time.perf_counter()
-    counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress)
-    return GalleryReport("add", gallery.info(), added=counts["added"], skipped=counts["skipped"],
-                         seconds=round(time.perf_counter() - started, 3))
-
-
-def index_info(gallery_dir: PathLike, *, verify: bool = True) -> GalleryReport:
-    """``mult index info``: the gallery's manifest and counts (checksums verified unless ``verify=False``)."""
-    return GalleryReport("info", Gallery.open(gallery_dir, verify=verify).info())
-
-
-@dataclass
-class SearchReport:
-    """What ``mult search`` prints: the query, the gallery it searched, and the ranked hits."""
-
-    query: str
-    query_modality: str
-    gallery: str
-    gallery_modalities: dict[str, int]
-    count: int
-    top_k: int
-    hits: list[Hit]
-    query_pid: Optional[int] = None
-    ranklist: Optional[str] = None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "query_modality": self.query_modality, "query_pid": self.query_pid,
-                "gallery": self.gallery, "gallery_modalities": self.gallery_modalities, "gallery_count": self.count,
-                "top_k": self.top_k, "hits": [h.as_dict() for h in self.hits], "ranklist": self.ranklist,
-                "seconds": self.seconds}
-
-    def render(self) -> str:
-        held = ", ".join(self.gallery_modalities) or "empty"
-        lines = [f"query {self.query} ({self.query_modality}) -> gallery {self.gallery} "
-                 f"({held}, {self.count:,} images), top {self.top_k}"]
-        if self.query_modality in self.gallery_modalities and len(self.gallery_modalities) == 1:
-            lines.append("note: the query and the gallery have the same modality (not a cross-modality search)")
-        rows = [(h.rank, f"{h.score:.4f}", h.id, "-" if h.pid is None else h.pid, h.camid, h.modality, h.path)
-                for h in self.hits]
-        match = None if self.query_pid is None else [h.pid == self.query_pid for h in self.hits]
-        if match is not None:
-            rows = [row + ("yes" if m else "no",) for row, m in zip(rows, match)]
-        headers = ["rank", "score", "id", "pid", "cam", "modality", "path"] + (["match"] if match is not None else [])
-        lines += _table(headers, rows, right=(0, 1, 2, 3, 4))
-        if self.ranklist:
-            lines.append(f"rank list: {self.ranklist}")
-        return "\n".join(lines)
-
-
-def search_query(
-    encoder: Any,
-    index_dir: PathLike,
-    query: PathLike,
-    *,
-    query_modality: Union[Modality, str] = Modality.visible,
-    top_k: int = 10,
-    save_ranklist: Optional[PathLike] = None,
-    query_pid: Optional[int] = None,
-    nprobe: Optional[int] = None,
-    ef_search: Optional[int] = None,
-    model_info: Optional[Mapping[str, Any]] = None,
-    verify: bool = True,
-) -> SearchReport:
-    """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images.
-
-    The query modality defaults to visible (the gallery usually holds infrared crops). ``save_ranklist``
-    writes the query + top-k image (:func:`mult.serving.ranklist.save_ranklist`); ``query_pid``, when known,
-    colours the hits green/red and adds a match column. ``verify=False`` skips the checksums (sizes and
-    counts are still checked), which saves reading a multi-GB index twice.
-    """
-    wanted = as_modality(query_modality)
-    query_path = os.path.abspath(os.fspath(Path(query).expanduser()))
-    if not os.path.isfile(query_path):
-        raise MultError(f"{query_path}: query image not found; pass an existing image file")
-    gallery = Gallery.open(index_dir, verify=verify)
-    model = dict(model_info) if model_info is not None else encoder_info(encoder)
-    check_same_model(gallery.manifest.get("model", {}), model, gallery.directory)
-    started = time.perf_counter()
-    embedding = _unit_rows(encoder.encode([query_path], wanted), [query_path], gallery.embedding_size)
-    embed_s = time.perf_counter() - started
-    started = time.perf_counter()
-    hits = gallery.search(embedding, top_k, nprobe=nprobe, ef_search=ef_search)[0]
-    search_s = time.perf_counter() - started
-    report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
-                          int(top_k), hits, query_pid=query_pid,
-                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)})
-    if save_ranklist is not None:
-        from mult.serving.ranklist import save_ranklist as write_ranklist
-
-        report.ranklist = str(write_ranklist(query_path, hits, save_ranklist, query_pid=query_pid,
-                                             query_caption=f"query · {wanted.value}"))
-    return report

@@ -14,26 +14,18 @@ from PIL import Image
 from conftest import tiny_torch_encoder, write_crops
 from mult.data.records import Modality, Record
 from mult.errors import MultError
+from mult.serving.faiss_index import IndexSpec, build_index, default_nlist, exact_topk, measure_recall, recall_at_k
 from mult.serving.gallery import (
     INDEX_FILE,
     MANIFEST_FILE,
     METADATA_FILE,
     Gallery,
-    IndexSpec,
     build_gallery,
-    build_index,
     check_same_model,
-    default_nlist,
-    exact_topk,
-    index_add,
-    index_build,
-    index_info,
-    measure_recall,
     read_metadata,
-    recall_at_k,
     records_for_gallery,
-    search_query,
 )
+from mult.serving.gallery_commands import index_add, index_build, index_info, search_query
 from mult.serving.ranklist import GREEN, QUERY, RED, UNKNOWN, RanklistStyle, save_ranklist
 
 PIDS = (3, 7, 12)

@@ -1,0 +1,245 @@
+"""The work of ``mult index build|add|info`` and ``mult search`` on gallery directories: each function returns a
+report with ``render()`` (a plain table) and ``as_dict()`` (for ``--json``); the Typer layer only prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from mult.data.folder import as_modality
+from mult.data.records import Modality
+from mult.errors import MultError
+from mult.serving.faiss_index import RECALL_K, IndexSpec
+from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, Hit, build_gallery, check_same_model, encoder_info,
+                                  records_for_gallery, unit_rows)
+
+PathLike = Union[str, os.PathLike]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> list[str]:
+    """Plain-text table lines; columns listed in ``right`` are right-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _model_line(model: Mapping[str, Any]) -> str:
+    parts = [str(model.get(k)) for k in ("name", "model_name", "encoder") if model.get(k)][:1]
+    for key in ("version", "model_version", "depth"):
+        if model.get(key) is not None:
+            parts.append(f"{key} {model[key]}")
+    if model.get("weights_sha256"):
+        parts.append(f"weights {str(model['weights_sha256'])[:12]}")
+    return ", ".join(parts) or "unknown"
+
+
+@dataclass
+class GalleryReport:
+    """What ``mult index build|add|info`` prints: the gallery's info, plus what this command changed."""
+
+    action: str
+    info: dict[str, Any]
+    added: Optional[int] = None
+    skipped: Optional[int] = None
+    seconds: Optional[float] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "gallery": self.info}
+        for key in ("added", "skipped", "seconds"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def render(self) -> str:
+        info = self.info
+        spec = IndexSpec.from_manifest(info["index"])
+        modalities = ", ".join(f"{m} {n:,}" for m, n in info.get("modalities", {}).items())
+        rows = [
+            ("images", f"{info['count']:,} ({modalities})"),
+            ("identities", f"{info['identities']:,} known, {info['images_without_id']:,} images without id"),
+            ("embedding", f"{info['embedding_size']}-d, model {_model_line(info.get('model', {}))}"),
+            ("index", spec.describe()),
+        ]
+        recall_key = f"recall_at_{RECALL_K}"
+        if info["index"].get(recall_key) is not None:
+            rows.append((f"recall@{RECALL_K}", f"{info['index'][recall_key]:.4f} vs exact "
+                                               f"({info['index'].get('recall_queries')} gallery images as queries)"))
+        rows.append(("files", ", ".join(f"{name} {_human_bytes(entry['bytes'])}"
+                                        for name, entry in info.get("files", {}).items())))
+        rows.append(("created", f"{info.get('created')} (updated {info.get('updated')})"))
+        head = {"build": "built gallery", "add": "updated gallery", "info": "gallery"}[self.action]
+        lines = [f"{head} {info['directory']}"]
+        if self.action == "build" and self.seconds is not None:
+            lines[0] += f" in {self.seconds:.1f} s"
+        if self.action == "add":
+            lines.append(f"  added {self.added:,} image(s), skipped {self.skipped:,} already indexed"
+                         + (f", {self.seconds:.1f} s" if self.seconds is not None else ""))
+        width = max(len(k) for k, _ in rows)
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        return "\n".join(lines)
+
+
+def index_build(
+    encoder: Any,
+    out: PathLike,
+    *,
+    images: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    data_root: Optional[PathLike] = None,
+    modality: Union[Modality, str] = Modality.infrared,
+    regdb_split: int = 1,
+    kind: str = "flat",
+    nlist: Optional[int] = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_search: int = 64,
+    batch_size: int = DEFAULT_CHUNK,
+    overwrite: bool = False,
+    model_info: Optional[Mapping[str, Any]] = None,
+    progress: bool = True,
+) -> GalleryReport:
+    """``mult index build``: index a folder (``images``) or a dataset's test images of ``modality`` at ``out``."""
+    spec = IndexSpec(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
+    source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else
+              {"dataset": str(dataset), "data_root": os.path.abspath(os.fspath(data_root or "")),
+               **({"regdb_split": regdb_split} if str(dataset).lower() == "regdb" else {})})
+    source["modality"] = as_modality(modality).value
+    started = time.perf_counter()
+    gallery = build_gallery(records, encoder, out, kind=spec, batch_size=batch_size, model_info=model_info,
+                            overwrite=overwrite, progress=progress, source=source)
+    return GalleryReport("build", gallery.info(), added=len(gallery), seconds=round(time.perf_counter() - started, 3))
+
+
+def index_add(
+    encoder: Any,
+    gallery_dir: PathLike,
+    *,
+    images: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    data_root: Optional[PathLike] = None,
+    modality: Union[Modality, str, None] = None,
+    regdb_split: int = 1,
+    batch_size: int = DEFAULT_CHUNK,
+    model_info: Optional[Mapping[str, Any]] = None,
+    progress: bool = True,
+) -> GalleryReport:
+    """``mult index add``: embed and append new images (``modality`` defaults to the gallery's own)."""
+    gallery = Gallery.open(gallery_dir)
+    if modality is None:
+        present = list(gallery.modalities)
+        if len(present) != 1:
+            raise MultError(f"{gallery_dir}: the gallery holds {', '.join(present) or 'no'} images; "
+                            "say which modality the new images are (--modality visible|infrared)")
+        modality = present[0]
+    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
+    started = time.perf_counter()
+    counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress)
+    return GalleryReport("add", gallery.info(), added=counts["added"], skipped=counts["skipped"],
+                         seconds=round(time.perf_counter() - started, 3))
+
+
+def index_info(gallery_dir: PathLike, *, verify: bool = True) -> GalleryReport:
+    """``mult index info``: the gallery's manifest and counts (checksums verified unless ``verify=False``)."""
+    return GalleryReport("info", Gallery.open(gallery_dir, verify=verify).info())
+
+
+@dataclass
+class SearchReport:
+    """What ``mult search`` prints: the query, the gallery it searched, and the ranked hits."""
+
+    query: str
+    query_modality: str
+    gallery: str
+    gallery_modalities: dict[str, int]
+    count: int
+    top_k: int
+    hits: list[Hit]
+    query_pid: Optional[int] = None
+    ranklist: Optional[str] = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "query_modality": self.query_modality, "query_pid": self.query_pid,
+                "gallery": self.gallery, "gallery_modalities": self.gallery_modalities, "gallery_count": self.count,
+                "top_k": self.top_k, "hits": [h.as_dict() for h in self.hits], "ranklist": self.ranklist,
+                "seconds": self.seconds}
+
+    def render(self) -> str:
+        held = ", ".join(self.gallery_modalities) or "empty"
+        lines = [f"query {self.query} ({self.query_modality}) -> gallery {self.gallery} "
+                 f"({held}, {self.count:,} images), top {self.top_k}"]
+        if self.query_modality in self.gallery_modalities and len(self.gallery_modalities) == 1:
+            lines.append("note: the query and the gallery have the same modality (not a cross-modality search)")
+        rows = [(h.rank, f"{h.score:.4f}", h.id, "-" if h.pid is None else h.pid, h.camid, h.modality, h.path)
+                for h in self.hits]
+        match = None if self.query_pid is None else [h.pid == self.query_pid for h in self.hits]
+        if match is not None:
+            rows = [row + ("yes" if m else "no",) for row, m in zip(rows, match)]
+        headers = ["rank", "score", "id", "pid", "cam", "modality", "path"] + (["match"] if match is not None else [])
+        lines += _table(headers, rows, right=(0, 1, 2, 3, 4))
+        if self.ranklist:
+            lines.append(f"rank list: {self.ranklist}")
+        return "\n".join(lines)
+
+
+def search_query(
+    encoder: Any,
+    index_dir: PathLike,
+    query: PathLike,
+    *,
+    query_modality: Union[Modality, str] = Modality.visible,
+    top_k: int = 10,
+    save_ranklist: Optional[PathLike] = None,
+    query_pid: Optional[int] = None,
+    nprobe: Optional[int] = None,
+    ef_search: Optional[int] = None,
+    model_info: Optional[Mapping[str, Any]] = None,
+    verify: bool = True,
+) -> SearchReport:
+    """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images.
+
+    The query modality defaults to visible (the gallery usually holds infrared crops). ``save_ranklist``
+    writes the query + top-k image (:func:`mult.serving.ranklist.save_ranklist`); ``query_pid``, when known,
+    colours the hits green/red and adds a match column. ``verify=False`` skips the checksums (sizes and
+    counts are still checked), which saves reading a multi-GB index twice.
+    """
+    wanted = as_modality(query_modality)
+    query_path = os.path.abspath(os.fspath(Path(query).expanduser()))
+    if not os.path.isfile(query_path):
+        raise MultError(f"{query_path}: query image not found; pass an existing image file")
+    gallery = Gallery.open(index_dir, verify=verify)
+    model = dict(model_info) if model_info is not None else encoder_info(encoder)
+    check_same_model(gallery.manifest.get("model", {}), model, gallery.directory)
+    started = time.perf_counter()
+    embedding = unit_rows(encoder.encode([query_path], wanted), [query_path], gallery.embedding_size)
+    embed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    hits = gallery.search(embedding, top_k, nprobe=nprobe, ef_search=ef_search)[0]
+    search_s = time.perf_counter() - started
+    report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
+                          int(top_k), hits, query_pid=query_pid,
+                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)})
+    if save_ranklist is not None:
+        from mult.serving.ranklist import save_ranklist as write_ranklist
+
+        report.ranklist = str(write_ranklist(query_path, hits, save_ranklist, query_pid=query_pid,
+                                             query_caption=f"query · {wanted.value}"))
+    return report
