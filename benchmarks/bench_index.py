@@ -1,4 +1,4 @@
-"""Gallery indexes at scale: exact Flat vs IVF-Flat vs HNSW-Flat (``mult.serving.gallery``), side by side.
+"""Gallery indexes at scale: exact Flat vs IVF-Flat vs HNSW-Flat (``mult.serving.faiss_index``), side by side.
 
     python -m benchmarks.bench_index --sizes 10000                          # a quick look (seconds)
     python -m benchmarks.bench_index --sizes 10000 100000 1000000 --out .bench/index.json
