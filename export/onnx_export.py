@@ -21,7 +21,6 @@ Five-line use::
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 
 from mult.data.records import Modality
 from mult.errors import MultError
-from mult.io import atomic_path
+from mult.io import PathLike, atomic_path
 from mult.model import TwoStreamEncoder
 
 INPUT_NAME = "images"
@@ -46,7 +45,6 @@ MIN_COSINE_TOL = 0.9999
 #: ONNX metadata keys a client reads instead of hard-coding the input size.
 META_PREFIX = "mult."
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 class UInt8StemEmbedder(nn.Module):

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -47,9 +46,8 @@ from mult.export.onnx_export import (
     META_PREFIX,
     MIN_COSINE_TOL,
 )
-from mult.io import atomic_path
+from mult.io import PathLike, atomic_path
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 #: (max abs diff, min row cosine) that the torch-vs-ONNX parity check accepts per precision. Measured on a

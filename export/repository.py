@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ from mult.export.onnx_export import (
     parity_check,
 )
 from mult.export.quantize import PARITY_TOLERANCES, check_precision, to_fp16, to_int8
-from mult.io import write_text_atomic
+from mult.io import PathLike, write_text_atomic
 
 MODEL_NAMES: dict[Modality, str] = {Modality.visible: "mult_visible", Modality.infrared: "mult_infrared"}
 ONNX_FILE = "model.onnx"
@@ -67,7 +67,6 @@ FP32_SCRATCH_FILE = "model.fp32.onnx"
 DEFAULT_QUEUE_DELAY_US = 100
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
+
+#: Anything that names a file: a str or an os.PathLike (pathlib.Path, ...).
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 @contextlib.contextmanager

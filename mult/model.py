@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mult.io import PathLike
 from mult.compat import import_torchvision
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -48,7 +49,6 @@ _LEGACY_FILES = {
 _STEM_KEYS = ("conv1.", "bn1.")
 _TRUNK_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
-PathLike = Union[str, os.PathLike]
 
 
 class PretrainedWeightsWarning(UserWarning):

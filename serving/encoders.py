@@ -28,11 +28,11 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from mult.io import PathLike
 from mult.data.images import load_image
 from mult.data.records import Modality
 from mult.errors import MultError
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: The resample filter of the evaluation transform (torchvision Resize on a PIL image = Pillow BILINEAR).
 RESAMPLE = Image.Resampling.BILINEAR

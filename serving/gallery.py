@@ -48,12 +48,12 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from mult.io import PathLike
 from mult.data.folder import as_modality, read_folder
 from mult.data.records import Modality, Record
 from mult.errors import MultError
 from mult.serving.faiss_index import IndexSpec, add_vectors, build_index, measure_recall, search_params
 
-PathLike = Union[str, os.PathLike]
 
 FORMAT = "mult-gallery"
 FORMAT_VERSION = 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from mult.io import PathLike
 from mult.data.folder import as_modality
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -18,7 +19,6 @@ from mult.serving.faiss_index import RECALL_K, IndexSpec
 from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, Hit, build_gallery, check_same_model, encoder_info,
                                   records_for_gallery, unit_rows)
 
-PathLike = Union[str, os.PathLike]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> list[str]:

@@ -16,17 +16,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
+from mult.io import PathLike
 from mult.data.records import Modality
 from mult.errors import MultError
 from mult.export.onnx_export import INPUT_NAME, META_PREFIX, OUTPUT_NAME
 from mult.export.repository import MODEL_NAMES, ONNX_FILE, existing_versions
 from mult.serving.encoders import ArrayEncoder
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)

@@ -44,17 +44,16 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 from mult.data.records import Modality
 from mult.errors import MultError
 from mult.interrupts import sigterm_as_interrupt
 from mult.export.onnx_export import INPUT_NAME, OUTPUT_NAME
 from mult.export.repository import CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, MANIFEST_FILE, MODEL_NAMES, ONNX_FILE
-from mult.io import write_text_atomic
+from mult.io import PathLike, write_text_atomic
 from mult.serving.onnx_local import ModelSignature, describe_onnx, model_versions, ort_session
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 MODEL_TEMPLATE = Path(__file__).with_name("python_backend_model.py")
 VERSION_POLICIES = ("all", "latest")

@@ -16,9 +16,9 @@ from typing import BinaryIO, Optional, Union
 
 from PIL import Image, ImageOps
 
+from mult.io import PathLike
 from mult.errors import MultError
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 #: File-name endings the readers treat as images (lower case, with the dot).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
