@@ -260,10 +260,10 @@ def test_interrupted_run_leaves_nothing(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err  # the CLI's exit status for an interrupt
+    assert proc.returncode == 130, (proc.returncode, out, err)  # the CLI's exit status for an interrupt
     assert list(tmp_path.iterdir()) == []  # neither the dataset nor its staging folder
 
 
