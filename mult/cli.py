@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -207,6 +208,37 @@ def train(
         _print_json(result)
 
 
+@app.command("pretrain")
+def pretrain(
+    data_root: Path = typer.Option(..., "--data-root", help="A LABELLED source dataset, identities disjoint from the target's."),
+    out: Path = typer.Option(..., "--out", help="Folder for encoder.pth, pretrain.jsonl and pretrain.png."),
+    preset: str = typer.Option("synth-demo", "--preset", help="Model, image size and batch shape of this preset."),
+    dataset: Optional[DatasetFormat] = typer.Option(None, "--dataset", help="Dataset layout (default: the preset's)."),
+    steps: int = typer.Option(300, "--steps", min=1, help="Optimisation steps."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    sets: list[str] = typer.Option([], "--set", help="Any other config field, e.g. --set lr=0.001 (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Supervised source pre-training, the stand-in for ImageNet weights (see mult.train.pretrain).
+
+    Example: mult pretrain --data-root data/synth-source --out runs/source --steps 300,
+    then: mult train --preset synth-demo --data-root data/synth-demo --pretrained runs/source/encoder.pth ...
+    """
+    from mult.config import TrainConfig, preset_config
+    from mult.train.pretrain import pretrain_supervised
+
+    cfg = preset_config(preset, data_root=str(data_root), dataset=dataset.value if dataset else None, seed=seed)
+    if sets:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **_parse_sets(sets)})
+    summary = pretrain_supervised(cfg, out, steps=steps, progress=not as_json)
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(f"pre-trained on {summary['identities']} identities, {summary['steps']} steps in "
+                   f"{summary['seconds']:.0f} s (final loss {summary['loss']:.3f}, batch accuracy "
+                   f"{summary['accuracy']:.2f}): {summary['encoder']}")
+
+
 @app.command("evaluate")
 def evaluate(
     run_dir: Optional[Path] = typer.Argument(None, help="A `mult train` run directory (its model, dataset and split)."),
@@ -238,8 +270,9 @@ def evaluate(
     if ds is None or root is None:
         raise MultError("say which data to evaluate on: pass a run directory, or --dataset and --data-root")
     split = split or (cfg.regdb_split if cfg else 1)
+    deployment = ExitStack()  # closes the gRPC channel / ONNX Runtime sessions of --server / --local
     if server is not None or local is not None:
-        encoder = encoder_from_options(server, local)
+        encoder = deployment.enter_context(encoder_from_options(server, local))
     elif cfg is not None:
         from mult.features import TorchEncoder
         from mult.train.trainer import resolve_device
@@ -249,7 +282,8 @@ def evaluate(
                                progress=not as_json)
     else:
         raise MultError("nothing to evaluate: pass a run directory, --server URL or --local REPO")
-    results = evaluate_dataset(encoder, ds, Path(root), trials=trials, split=split)
+    with deployment:
+        results = evaluate_dataset(encoder, ds, Path(root), trials=trials, split=split)
     if as_json:
         _print_json({name: summary.as_dict() for name, summary in results.items()})
     else:
