@@ -176,7 +176,8 @@ def time_triton(repo: Path, precision: str, images: np.ndarray, local: np.ndarra
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
-def export_all(source: Path, work: Path, args: argparse.Namespace, *, gated: bool) -> dict[str, dict[str, Any]]:
+def export_all(source: Path, cfg: Any, work: Path, args: argparse.Namespace, *,
+               gated: bool) -> dict[str, dict[str, Any]]:
     """One repository per precision. ``gated``: through ``write_model_repository`` with its parity gate (a
     trained run). Random weights are no quantisation target (a random-init ResNet-50 loses cosine 0.3 in INT8
     while trained networks keep ~0.98), so without a run the FP32 export is converted directly, ungated: the
@@ -186,7 +187,6 @@ def export_all(source: Path, work: Path, args: argparse.Namespace, *, gated: boo
     from mult.data.records import Modality
     from mult.export.quantize import to_fp16, to_int8
     from mult.export.repository import int8_calibration_images, write_model_repository
-    from mult.train.run import find_run_model
 
     out = {}
     for precision in args.precisions:
@@ -208,7 +208,6 @@ def export_all(source: Path, work: Path, args: argparse.Namespace, *, gated: boo
                 if precision == "fp16":
                     to_fp16(onnx_path, onnx_path)
                 else:
-                    _, cfg = find_run_model(source)
                     images, note = int8_calibration_images(Modality(modality), cfg, cfg.height, cfg.width,
                                                            calibration_dir=args.calibration_dir,
                                                            n=args.calibration_images)
@@ -272,7 +271,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     height, width = cfg.height, cfg.width
     print(f"model: {model.depth} at {height}x{width} from {source}", flush=True)
 
-    exports = export_all(Path(source), work, args, gated=args.run is not None)
+    exports = export_all(Path(source), cfg, work, args, gated=args.run is not None)
     pixels_root = data_root or (Path(cfg.data_root) if cfg.data_root else None)
     if pixels_root is not None and Path(pixels_root).is_dir():
         images = training_batch(Path(pixels_root), dataset, MODALITY, max(args.batches + args.client_batches),

@@ -221,8 +221,9 @@ def pretrain(
 ) -> None:
     """Supervised source pre-training, the stand-in for ImageNet weights (see mult.train.pretrain).
 
-    Example: mult pretrain --data-root data/synth-source --out runs/source --steps 300,
-    then: mult train --preset synth-demo --data-root data/synth-demo --pretrained runs/source/encoder.pth ...
+    Example (SynthVI, the recipe of docs/RESULTS.md): mult pretrain --data-root data/synth-source --out runs/source
+    --set height=64 --set width=32 --set lr=0.001 --set num_ids=8, then: mult train --preset synth-demo
+    --data-root data/synth-demo --pretrained runs/source/encoder.pth --set height=64 --set width=32 ...
     """
     from mult.config import TrainConfig, preset_config
     from mult.train.pretrain import pretrain_supervised
