@@ -72,6 +72,28 @@ def cross_modal_features(
     return fv, fr, pid_v, pid_r
 
 
+def learned_features(path: Path, nv: int, nr: int, dim: int, *, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``nv`` visible and ``nr`` infrared rows drawn from a trained model's features (``extract_features``).
+
+    Features narrower than ``dim`` (ResNet-18: 512) are lifted by a random map with orthonormal columns,
+    which keeps every distance and cosine, hence every Sinkhorn plan and label, exactly as the model made
+    them while the GEMMs run at the benchmark's width.
+    """
+    data = np.load(path)
+    fv, fr = data["fv"], data["fr"]
+    if nv > len(fv) or nr > len(fr):
+        raise SystemExit(f"{path} holds {len(fv)} visible / {len(fr)} infrared features; asked for {nv} x {nr}")
+    if fv.shape[1] > dim:
+        raise SystemExit(f"{path} holds {fv.shape[1]}-d features, wider than --dim {dim}")
+    rng = np.random.default_rng(seed)
+    iv, ir = np.sort(rng.choice(len(fv), nv, replace=False)), np.sort(rng.choice(len(fr), nr, replace=False))
+    lift, _ = np.linalg.qr(rng.standard_normal((dim, fv.shape[1])))  # [dim, d], orthonormal columns
+    fv, fr = (_unit(f.astype(np.float64)) @ lift.T for f in (fv[iv], fr[ir]))
+    return (_unit(fv).astype(np.float32), _unit(fr).astype(np.float32),
+            data["pid_v"][iv].astype(np.int64), data["pid_r"][ir].astype(np.int64))
+
+
 def dense_jaccard(sparse) -> np.ndarray:
     """The dense [N, N] float32 Jaccard matrix of a ``sparse_jaccard_distance`` result (absent = 1)."""
     out = np.ones(sparse.shape, dtype=np.float32)
@@ -79,14 +101,18 @@ def dense_jaccard(sparse) -> np.ndarray:
     return out
 
 
-def prepare(work: Path, nv: int, nr: int, dim: int, seed: int, eps: float) -> dict:
-    """Features, DBSCAN labels and sparse Jaccard matrices for one size, saved under ``work``."""
+def prepare(work: Path, nv: int, nr: int, dim: int, seed: int, eps: float, features: Path | None = None) -> dict:
+    """Features (generated, or drawn from ``features``), DBSCAN labels and sparse Jaccard matrices for one
+    size, saved under ``work``."""
     import scipy.sparse as sp
 
     from mult.train.clustering import dbscan_cluster, sparse_jaccard_distance
 
     start = time.perf_counter()
-    fv, fr, pid_v, pid_r = cross_modal_features(nv, nr, dim, seed=seed)
+    if features is None:
+        fv, fr, pid_v, pid_r = cross_modal_features(nv, nr, dim, seed=seed)
+    else:
+        fv, fr, pid_v, pid_r = learned_features(features, nv, nr, dim, seed=seed)
     jv, jr = sparse_jaccard_distance(fv), sparse_jaccard_distance(fr)
     lv, lr = dbscan_cluster(jv, eps), dbscan_cluster(jr, eps)
     np.savez(work / "inputs.npz", fv=fv, fr=fr, lv=lv, lr=lr, pid_v=pid_v, pid_r=pid_r)
@@ -156,11 +182,11 @@ def _spawn(method: str, work: Path, args: argparse.Namespace) -> dict:
 
 
 def bench_size(nv: int, nr: int, args: argparse.Namespace) -> dict:
-    result: dict = {"nv": nv, "nr": nr, "dim": args.dim}
+    result: dict = {"nv": nv, "nr": nr, "dim": args.dim, "features": str(args.features or "generated")}
     with tempfile.TemporaryDirectory(prefix="bench_label_transfer_") as tmp:
         work = Path(tmp)
         print(f"{nv}x{nr}: preparing features, Jaccard, DBSCAN ...", file=sys.stderr, flush=True)
-        result["data"] = prepare(work, nv, nr, args.dim, args.seed, args.eps)
+        result["data"] = prepare(work, nv, nr, args.dim, args.seed, args.eps, args.features)
         methods = [m for m in METHODS if m == "ours" or nv * nr <= args.reference_max_entries]
         for method in methods:
             print(f"{nv}x{nr}: {method} ...", file=sys.stderr, flush=True)
@@ -205,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="visible x infrared sample counts")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--eps", type=float, default=0.6, help="DBSCAN eps")
+    parser.add_argument("--features", type=Path, default=None,
+                        help="draw the features from this .npz of a trained model (benchmarks.extract_features) "
+                             "instead of generating them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=("auto", "dense", "sparse"), default="auto",
                         help="mult_label_transfer method for ours")

@@ -126,6 +126,7 @@ class Association(str, Enum):
     ot = "ot"
     hungarian = "hungarian"
     none = "none"
+    oracle = "oracle"
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, object]:
@@ -153,7 +154,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Total epochs (absolute, both stages)."),
     stage_one_epochs: Optional[int] = typer.Option(None, "--stage-one-epochs", min=0, help="Epochs of stage 1."),
-    association: Optional[Association] = typer.Option(None, "--association", help="Cross-modality association (stage 2)."),
+    association: Optional[Association] = typer.Option(None, "--association", help="Cross-modality association (stage 2); 'oracle' reads the true ids: a diagnostic upper bound (--set oracle_accuracy=0.5 corrupts links)."),
     no_oclr: bool = typer.Option(False, "--no-oclr", help="Ablation: drop the OCLR loss."),
     no_homogeneous: bool = typer.Option(False, "--no-homogeneous", help="Ablation: no Jaccard smoothing in MULT."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="MULT anchor weight (0.2)."),

@@ -52,7 +52,8 @@ class TrainConfig:
     momentum: float = 0.1
     momentum_cross: float = 0.1
     # label transfer (§4) and OCLR (§7)
-    association: str = "mult"  # mult | ot | hungarian | none
+    association: str = "mult"  # mult | ot | hungarian | none | oracle (diagnostic: true ids)
+    oracle_accuracy: float = 1.0  # share of correct cluster links kept by association "oracle"
     alpha: float = 0.2
     beta: float = 0.7
     ot_lambda: float = 25.0

@@ -366,6 +366,37 @@ def test_ot_association_by_hand():
     assert hard["visible_to_infrared"][:4].tolist() == [1, 1, 0, 0]
 
 
+def test_oracle_association_links_clusters_by_true_id():
+    # visible clusters 0, 1, 2 are persons 7, 8, 9; infrared cluster 0 is person 9, cluster 1 person 7;
+    # person 8 has no infrared image, so its link falls back to the most similar infrared centre (cosine:
+    # 0.29 to cluster 0, 0.00 to cluster 1).
+    fv = np.array([[1, 0, 0], [1, 0.1, 0], [0, 1, 0], [0, 1, 0.1], [0, 0, 1], [0, 0.1, 1]], dtype=np.float32)
+    labels_v, pids_v = np.array([0, 0, 1, 1, 2, 2]), np.array([7, 7, 8, 8, 9, 9])
+    fr = np.array([[0, 0.2, 1], [0, 0.3, 1], [1, 0, 0], [1, 0, 0.1], [0, 1, 0.9]], dtype=np.float32)
+    labels_r, pids_r = np.array([0, 0, 1, 1, -1]), np.array([9, 9, 7, 7, 6])
+    res = lt.oracle_association(fv, fr, labels_v, labels_r, pids_v, pids_r)
+    hard = res.hard_labels()
+    assert hard["visible_to_infrared"].tolist() == [1, 1, 0, 0, 0, 0]
+    # the infrared outlier (person 6) joins its nearest infrared centre (cluster 0) and inherits its link
+    assert hard["infrared"].tolist() == [0, 0, 1, 1, 0]
+    assert hard["infrared_to_visible"].tolist() == [2, 2, 0, 0, 2]
+    assert set(np.unique(res.visible_to_infrared)) == {0.0, 1.0}
+
+
+def test_corrupt_partners_keeps_the_asked_share():
+    rng = np.random.default_rng(0)
+    partner = np.arange(2000) % 50
+    assert (lt.corrupt_partners(partner, 50, 1.0, rng) == partner).all()
+    assert (lt.corrupt_partners(partner, 50, 0.0, rng) != partner).all()  # a wrong link is never the right one
+    kept = (lt.corrupt_partners(partner, 50, 0.3, rng) == partner).mean()
+    assert 0.26 < kept < 0.34
+    with pytest.raises(MultError, match="oracle_accuracy"):
+        lt.corrupt_partners(partner, 50, 1.5, rng)
+    with pytest.raises(MultError, match="true id"):
+        lt.oracle_association(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), np.array([0, 0, 1]),
+                              np.array([0, 1, 1]), np.array([1, 1, -1]), np.array([1, 2, 2]))
+
+
 # ----------------------------------------------------------------------------------------------------
 # errors
 

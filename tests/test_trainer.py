@@ -7,9 +7,12 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
+import pytest
 import torch
 
 from mult.config import preset_config
+from mult.train.pseudo_labels import label_diagnostics, make_epoch_labels
 from mult.train.run import RunDir
 from mult.train.trainer import Trainer
 
@@ -56,6 +59,28 @@ def test_resume_across_the_stage_boundary_gives_identical_weights(synth_sysu_sma
     assert [m["stage"] for m in lines] == ["dcl", "dcl", "mult"]
     assert {"loss_intra", "loss_cross", "loss_oclr", "cross_acc_v2r", "cross_acc_r2v"} <= set(lines[2])
     assert set(RunDir(tmp_path / "b").checkpoint()["memories"]) == {"v", "r", "rcm", "vcm", "va", "ra"}
+
+
+def test_oracle_association_reads_the_truth_only_as_asked(tmp_path):
+    # six persons, ten tight images each per modality, the infrared side listed in another person order:
+    # the oracle links every cluster to its person's (cross-label accuracy 1), and with accuracy 0 to another's
+    rng = np.random.default_rng(0)
+    persons = rng.standard_normal((6, 32))
+    pids_v, pids_r = np.repeat(np.arange(6), 10), np.repeat([3, 5, 0, 1, 4, 2], 10)
+
+    def feats(pids):
+        x = persons[pids] + 0.01 * rng.standard_normal((pids.size, 32))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    fv, fr = feats(pids_v), feats(pids_r)
+    for accuracy, expected in ((1.0, 1.0), (0.0, 0.0)):
+        cfg = tiny(tmp_path, association="oracle", oracle_accuracy=accuracy, k1=8, k2=3, min_samples=3)
+        labels = make_epoch_labels(fv, fr, cfg, "mult", true_ids=(pids_v, pids_r))
+        diag = label_diagnostics(labels, pids_v, pids_r)
+        assert labels.visible.num_clusters == labels.infrared.num_clusters == 6
+        assert diag["cross_acc_v2r"] == diag["cross_acc_r2v"] == expected
+    with pytest.raises(ValueError, match="true ids"):
+        make_epoch_labels(fv, fr, cfg, "mult")
 
 
 WORKER = """

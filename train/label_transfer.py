@@ -590,10 +590,75 @@ def hungarian_association(
     * an instance's cross-modality label is the partner (``match_clusters``) of its own cluster.
     """
     with torch.inference_mode():
-        fv, fr, hv, hr, cv, cr = _prepare(feats_v, feats_r, labels_v, labels_r)
+        _, _, hv, hr, cv, cr = _prepare(feats_v, feats_r, labels_v, labels_r)
         v_to_r, r_to_v = match_clusters(cv, cr)
-        dev = fv.device
-        y_vr = one_hot(torch.from_numpy(v_to_r).to(dev)[hv], cr.shape[0])
-        y_rv = one_hot(torch.from_numpy(r_to_v).to(dev)[hr], cv.shape[0])
-        y_v, y_r = one_hot(hv, cv.shape[0]), one_hot(hr, cr.shape[0])
-    return LabelTransferResult(*(t.cpu().numpy() for t in (y_v, y_rv, y_r, y_vr)), info={"method": "hungarian"})
+        return _linked_clusters(hv, hr, v_to_r, r_to_v, cv.shape[0], cr.shape[0], {"method": "hungarian"})
+
+
+def _linked_clusters(hv: torch.Tensor, hr: torch.Tensor, v_to_r: np.ndarray, r_to_v: np.ndarray, kv: int, kr: int,
+                     info: dict[str, Any]) -> LabelTransferResult:
+    """One-hot labels from filled cluster labels and cluster-to-cluster links: an instance's cross-modality
+    label is its own cluster's partner."""
+    y_vr = one_hot(torch.from_numpy(v_to_r).to(hv.device)[hv], kr)
+    y_rv = one_hot(torch.from_numpy(r_to_v).to(hr.device)[hr], kv)
+    y_v, y_r = one_hot(hv, kv), one_hot(hr, kr)
+    return LabelTransferResult(*(t.cpu().numpy() for t in (y_v, y_rv, y_r, y_vr)), info=info)
+
+
+def oracle_partners(labels: np.ndarray, true_ids: np.ndarray, other_labels: np.ndarray, other_true_ids: np.ndarray,
+                    other_centres: torch.Tensor, centres: torch.Tensor) -> np.ndarray:
+    """For each cluster, the other modality's cluster holding the most images of its majority true id.
+
+    A person with no clustered image on the other side falls back to the most similar other centre (cosine).
+    """
+    from mult.train.diagnostics import cluster_majority_ids
+
+    majority = cluster_majority_ids(labels, true_ids, centres.shape[0])
+    keep = other_labels >= 0
+    ids, index = np.unique(np.concatenate([majority, other_true_ids[keep]]), return_inverse=True)
+    counts = np.zeros((other_centres.shape[0], ids.size), dtype=np.int64)
+    np.add.at(counts, (other_labels[keep], index[majority.size:]), 1)
+    per_cluster = counts[:, index[:majority.size]].T  # [K, K_other]: images of my majority id per other cluster
+    partner = per_cluster.argmax(1)
+    unseen = (per_cluster.max(1) == 0) | (majority < 0)
+    if unseen.any():
+        cos = torch.nn.functional.normalize(centres, dim=1) @ torch.nn.functional.normalize(other_centres, dim=1).T
+        partner[unseen] = cos.argmax(1).cpu().numpy()[unseen]
+    return partner.astype(np.int64)
+
+
+def corrupt_partners(partner: np.ndarray, num_other: int, accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    """Keep each link with probability ``accuracy``; send the others to a uniformly random *different* cluster."""
+    if not 0.0 <= accuracy <= 1.0:
+        raise MultError(f"oracle_accuracy must be in [0, 1], got {accuracy!r}")
+    out = partner.copy()
+    wrong = rng.random(partner.size) >= accuracy
+    if num_other > 1 and wrong.any():
+        draw = rng.integers(0, num_other - 1, int(wrong.sum()))
+        out[wrong] = draw + (draw >= partner[wrong])  # skip the right partner
+    return out
+
+
+def oracle_association(
+    feats_v: ArrayLike, feats_r: ArrayLike, labels_v: ArrayLike, labels_r: ArrayLike,
+    pids_v: np.ndarray, pids_r: np.ndarray, *, accuracy: float = 1.0, seed: int = 0,
+) -> LabelTransferResult:
+    """DIAGNOSTIC upper bound, not the method: the cross-modality association read off the ground truth.
+
+    Intra-modality labels as the Hungarian baseline (outliers filled by their nearest centre); each cluster's
+    partner is the other modality's cluster that holds most images of its majority true id
+    (``oracle_partners``), then a share ``1 - accuracy`` of the links is redirected at random
+    (``corrupt_partners``). It answers "how good must the association be before stage 2 pays off", with
+    everything else of stage 2 (six memories, alternation, OCLR) unchanged. All labels one-hot.
+    """
+    pids_v, pids_r = np.asarray(pids_v), np.asarray(pids_r)
+    if (pids_v < 0).any() or (pids_r < 0).any():
+        raise MultError("the oracle association needs the true id of every training image (a labelled or SynthVI set)")
+    rng = np.random.default_rng(seed)
+    with torch.inference_mode():
+        _, _, hv, hr, cv, cr = _prepare(feats_v, feats_r, labels_v, labels_r)
+        lv, lr = hv.cpu().numpy(), hr.cpu().numpy()
+        v_to_r = corrupt_partners(oracle_partners(lv, pids_v, lr, pids_r, cr, cv), cr.shape[0], accuracy, rng)
+        r_to_v = corrupt_partners(oracle_partners(lr, pids_r, lv, pids_v, cv, cr), cv.shape[0], accuracy, rng)
+        return _linked_clusters(hv, hr, v_to_r, r_to_v, cv.shape[0], cr.shape[0],
+                                {"method": "oracle", "accuracy": accuracy})

@@ -3,7 +3,8 @@
 Stage 1 (DCL): Jaccard + DBSCAN per modality; outliers (-1) are not trained on.
 Stage 2: the association named by the config turns the DBSCAN clusters into labels for EVERY instance in
 both label spaces plus soft targets (METHOD.md §4.6): MULT, OT-only, PGM-style Hungarian matching, or
-"none" (stage 2 is then DCL continued, the ablation baseline).
+"none" (stage 2 is then DCL continued, the ablation baseline). "oracle" links clusters by their true ids: a
+diagnostic upper bound that reads ground truth, never a result of the method.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def cluster_modality(features: np.ndarray, cfg: TrainConfig) -> ModalityClusters
     return ModalityClusters(labels, centres, jaccard)
 
 
-def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig, stage: str) -> EpochLabels:
-    """Pseudo-labels for one epoch of ``stage`` ("dcl" or "mult") from L2-normalised features."""
+def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig, stage: str, *,
+                      true_ids: Optional[tuple[np.ndarray, np.ndarray]] = None, epoch: int = 0) -> EpochLabels:
+    """Pseudo-labels for one epoch of ``stage`` ("dcl" or "mult") from L2-normalised features.
+
+    ``true_ids`` (visible, infrared) are read only by the diagnostic association "oracle"."""
     vis, ir = cluster_modality(feats_v, cfg), cluster_modality(feats_r, cfg)
     if stage == "dcl" or cfg.association == "none":
         return EpochLabels(vis, ir, vis.labels, ir.labels)
@@ -72,6 +76,11 @@ def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig
         result = lt.ot_association(feats_v, feats_r, vis.labels, ir.labels, lam=cfg.ot_lambda)
     elif cfg.association == "hungarian":
         result = lt.hungarian_association(feats_v, feats_r, vis.labels, ir.labels)
+    elif cfg.association == "oracle":
+        if true_ids is None:
+            raise ValueError("association 'oracle' needs the true ids of the training images")
+        result = lt.oracle_association(feats_v, feats_r, vis.labels, ir.labels, *true_ids,
+                                       accuracy=cfg.oracle_accuracy, seed=cfg.seed * 1000 + epoch)
     else:
         raise ValueError(f"unknown association {cfg.association!r}")
     hard = result.hard_labels()
