@@ -22,8 +22,6 @@ import torch
 
 #: Rows of the cost matrix built per GEMM block (a 1024 x 12k float32 block is ~49 MB).
 COST_BLOCK_ROWS = 1024
-#: Bytes of the kernel per Sinkhorn row block: well inside a last-level cache (32 MB on the 2-core CPU).
-SINKHORN_BLOCK_BYTES = 4 << 20
 
 
 @dataclass
@@ -66,46 +64,23 @@ def sinkhorn_scalings(kernel: torch.Tensor, max_iter: int = 500, tol: float = 0.
     Steps 2-4: a = 1/n, b = 1/m; repeat a <- (1/n)/(K b), b_new <- (1/m)/(K^T a); at steps 0, 10, 20, ...
     err = nansum |b / b_new - 1|; b <- b_new; stop once err <= tol or after ``max_iter`` steps. The
     matrix-vector products run in the kernel's dtype (float32, as the official code); the scalings are
-    kept in float64 so that isolated rows or columns cannot overflow them. Each step is one pass over K
-    (``_sinkhorn_step``).
+    kept in float64 so that isolated rows or columns cannot overflow them.
     """
     n, m = kernel.shape
     if n == 0 or m == 0:
         raise ValueError(f"Sinkhorn needs a non-empty kernel, got shape {tuple(kernel.shape)}")
-    b = torch.full((m,), 1.0 / m, dtype=torch.float64, device=kernel.device)
-    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=kernel.device)
+    dev, dt = kernel.device, kernel.dtype
+    b = torch.full((m,), 1.0 / m, dtype=torch.float64, device=dev)
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=dev)
     err, step = math.inf, 0
     while err > tol and step < max_iter:
-        b_new = _sinkhorn_step(kernel, a, b)
+        a = (1.0 / n) / torch.mv(kernel, b.to(dt)).to(torch.float64)
+        b_new = (1.0 / m) / torch.mv(kernel.T, a.to(dt)).to(torch.float64)
         if step % 10 == 0:
             err = float(torch.nansum((b / b_new - 1).abs()))
         b = b_new
         step += 1
     return SinkhornScalings(a, b, step, err)
-
-
-def _sinkhorn_step(kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a <- (1/n)/(K b) in place, then return b_new = (1/m)/(K^T a), reading K once.
-
-    At SYSU size K is 1 GB and the two matrix-vector products are bound by memory bandwidth. Row blocks
-    small enough to stay in the last-level cache give the a-update of their rows and then their share of
-    K^T a while still cached, which halves the traffic from memory; the arithmetic is the official one.
-    On a GPU the two plain products are already fast, so it keeps them.
-    """
-    n, m = kernel.shape
-    dt = kernel.dtype
-    b_low = b.to(dt)
-    if kernel.is_cuda:
-        a.copy_((1.0 / n) / torch.mv(kernel, b_low).to(torch.float64))
-        return (1.0 / m) / torch.mv(kernel.T, a.to(dt)).to(torch.float64)
-    rows = max(16, SINKHORN_BLOCK_BYTES // (m * kernel.element_size()))
-    col = torch.zeros(m, dtype=torch.float64, device=kernel.device)
-    for start in range(0, n, rows):
-        block = kernel[start:start + rows]
-        a_block = (1.0 / n) / torch.mv(block, b_low).to(torch.float64)
-        a[start:start + rows] = a_block
-        col += torch.mv(block.T, a_block.to(dt))
-    return (1.0 / m) / col
 
 
 def plan_argmax(kernel: torch.Tensor, scalings: SinkhornScalings) -> torch.Tensor:
