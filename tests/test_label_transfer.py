@@ -169,6 +169,21 @@ def _ops():
     return (lambda t: s_xy @ t), (lambda t: s_yx @ t), (lambda t: s_x @ t), (lambda t: torch.eye(2) @ t)
 
 
+def test_pad_columns_adds_zero_columns_only_when_needed():
+    labels = torch.rand(3, 5)
+    padded = lt.pad_columns(labels, 4)
+    assert padded.shape == (3, 8) and torch.equal(padded[:, :5], labels) and not padded[:, 5:].any()
+    assert lt.pad_columns(labels, 5) is labels
+
+
+def test_sparse_times_in_column_slices_equals_the_plain_product():
+    dense_matrix = torch.rand(40, 30) * (torch.rand(40, 30) < 0.2)
+    csr = lt._csr(sp.csr_matrix(dense_matrix.numpy()), torch.device("cpu"))
+    labels = torch.rand(30, 75)
+    torch.testing.assert_close(lt.sparse_times(csr, labels, chunk=32), dense_matrix @ labels)
+    assert torch.equal(lt.sparse_times(csr, labels, chunk=32), csr @ labels)
+
+
 def test_propagation_step_by_hand():
     x0 = torch.eye(2)
     y0 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
