@@ -46,6 +46,23 @@ _bench = _load_benchmark_module("bench_label_transfer")
 cross_modal_features, dense_jaccard = _bench.cross_modal_features, _bench.dense_jaccard
 
 
+def test_learned_features_are_lifted_without_changing_a_distance(tmp_path):
+    rng = np.random.default_rng(0)
+    fv, fr = rng.standard_normal((30, 8)).astype(np.float32), rng.standard_normal((20, 8)).astype(np.float32)
+    path = tmp_path / "feats.npz"
+    np.savez(path, fv=fv, fr=fr, pid_v=np.arange(30) % 5, pid_r=np.arange(20) % 5)
+    lv, lr, pid_v, pid_r = _bench.learned_features(path, 25, 12, 32, seed=1)
+    assert lv.shape == (25, 32) and lr.shape == (12, 32) and pid_v.shape == (25,) and pid_r.shape == (12,)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    # the same rows, drawn with the same generator: cosines across modalities before and after the lift agree
+    draw = np.random.default_rng(1)
+    pick_v, pick_r = np.sort(draw.choice(30, 25, replace=False)), np.sort(draw.choice(20, 12, replace=False))
+    np.testing.assert_allclose(lv @ lr.T, unit(fv[pick_v]) @ unit(fr[pick_r]).T, atol=1e-5)
+    assert (pid_v == pick_v % 5).all() and (pid_r == pick_r % 5).all()
+    with pytest.raises(SystemExit, match="holds 30 visible"):
+        _bench.learned_features(path, 31, 12, 32)
+
+
 def max_diff(a, b) -> float:
     return max(float(np.abs(getattr(a, k) - getattr(b, k)).max()) for k in MATRICES)
 

@@ -14,7 +14,8 @@ Why the plan stays dense by default: at lambda = 25 the raw kernel is peaked, bu
 scalings b are not flat. When identities have unequal visible/infrared image counts (SYSU-MM01), a few
 percent of every row's mass must flow to other identities, and it spreads over a large fraction of all
 columns: keeping 1e-4 accuracy on the labels needs a third or more of the entries of the plan (40% at
-8000 x 4000 in benchmarks/bench_label_transfer.py), where a dense GEMM beats any sparse product.
+8000 x 4000 on the generated features of benchmarks/bench_label_transfer.py, two thirds and more on a
+trained model's features: BENCHMARKS.md), where a dense GEMM beats any sparse product.
 ``method="sparse"`` truncates the exact plan for the propagation step and measures the mass it drops;
 ``method="auto"`` uses it only when that measured mass is below ``max_truncated_mass`` and the truncated
 matrices are sparse enough to be faster.
