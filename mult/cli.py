@@ -66,6 +66,10 @@ def data_synth(
     width: int = typer.Option(144, "--width", min=16, help="Image width in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same files."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Rendering processes (default: all cores)."),
+    heat_from_colour: float = typer.Option(
+        0.0, "--heat-from-colour", min=0.0, max=1.0,
+        help="Tie infrared heat to visible luminance (0 = independent, the default; 1 = follows it): an easier "
+             "modality gap for controlled experiments."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Render a SynthVI dataset in the real SYSU-MM01 or RegDB format.
@@ -85,6 +89,7 @@ def data_synth(
         seed=seed,
         workers=workers,
         progress=not as_json,
+        heat_from_colour=heat_from_colour,
     )
     if as_json:
         _print_json(summary.as_dict())

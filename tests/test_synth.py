@@ -219,6 +219,34 @@ def test_images_depend_only_on_their_keys(sysu, tmp_path):
     assert len(common) > 20 and all(small[f] == large[f] for f in common)
 
 
+def test_heat_from_colour_changes_only_the_infrared_images(sysu, tmp_path):
+    root, _ = sysu
+    coupled = tmp_path / "coupled"
+    summary = synthesize(coupled, "sysu", workers=1, progress=False, heat_from_colour=1.0, **SYSU_ARGS)
+    assert summary.heat_from_colour == 1.0 and "luminance: 1" in summary.render()
+    plain, tied = tree_digest(root), tree_digest(coupled)
+    assert plain.keys() == tied.keys()
+    for name in plain:
+        if name.endswith(".jpg"):
+            camera = int(name.split("/")[0][3:])
+            assert (plain[name] == tied[name]) == (camera in VISIBLE_CAMS), name
+    with pytest.raises(MultError, match="heat-from-colour"):
+        synthesize(tmp_path / "bad", "sysu", progress=False, heat_from_colour=1.5, **SYSU_ARGS)
+
+
+def test_heat_from_colour_mixes_heat_towards_luminance():
+    from mult.data.synth.identity import COUPLED_MATERIALS, luminance_heat, sample_identity
+
+    assert luminance_heat(np.zeros(3)) == pytest.approx(0.3) and luminance_heat(np.ones(3)) == pytest.approx(0.8)
+    free, half, tied = (sample_identity(5, 17, c) for c in (0.0, 0.5, 1.0))
+    assert np.array_equal(free.colours, tied.colours) and free.sleeve == tied.sleeve  # same draws
+    assert free.heat[Material.skin] == tied.heat[Material.skin]
+    for material in COUPLED_MATERIALS:
+        target = luminance_heat(free.colours[material])
+        assert tied.heat[material] == pytest.approx(target, abs=1e-6)
+        assert half.heat[material] == pytest.approx((free.heat[material] + target) / 2, abs=1e-6)
+
+
 def test_refuses_non_empty_output_and_impossible_sizes(tmp_path):
     full = tmp_path / "full"
     full.mkdir()

@@ -4,7 +4,8 @@ An identity is drawn once from ``(seed, pid)`` and never changes between images 
 body build, the clothing layout and pattern, the accessories, a visible albedo per material and, separately,
 an infrared "heat" per material. Heat is drawn independently of colour (it stands for emissivity and fabric
 thickness), so infrared intensity cannot be predicted from visible colour; only shape, layout, pattern and
-accessories carry over between modalities.
+accessories carry over between modalities. ``heat_from_colour`` (0 by default) narrows that gap for controlled
+experiments: it mixes each non-skin material's heat towards a function of its visible luminance.
 """
 
 from __future__ import annotations
@@ -135,8 +136,22 @@ def _garment_colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -
     return np.clip(base * tint, 0.02, 0.98)
 
 
-def sample_identity(seed: int, pid: int) -> Identity:
-    """Draw identity ``pid``'s fixed appearance from its own stream of ``seed``."""
+#: Materials whose heat ``heat_from_colour`` ties to their visible luminance (skin stays the hottest thing).
+COUPLED_MATERIALS = (Material.hair, Material.upper, Material.upper_alt, Material.lower, Material.shoes,
+                     Material.bag, Material.hat)
+
+
+def luminance_heat(colour: np.ndarray) -> float:
+    """The heat a material would have if it followed its visible luminance (Rec. 601), within clothing's range."""
+    return 0.3 + 0.5 * float(np.dot(colour.clip(0.0, 1.0), (0.299, 0.587, 0.114)))
+
+
+def sample_identity(seed: int, pid: int, heat_from_colour: float = 0.0) -> Identity:
+    """Draw identity ``pid``'s fixed appearance from its own stream of ``seed``.
+
+    ``heat_from_colour`` in [0, 1] mixes the independent heat of each material in ``COUPLED_MATERIALS`` with
+    ``luminance_heat`` of its colour (0: the default, independent; 1: infrared follows visible luminance).
+    The random draws are the same for every value, so only the infrared images change."""
     rng = stream(Stream.identity, seed, pid)
     female = bool(rng.random() < 0.5)
     # Geometry first, colours after, so the two kinds of draw stay aligned across versions of the palettes.
@@ -182,6 +197,9 @@ def sample_identity(seed: int, pid: int) -> Identity:
     heat[Material.shoes] = rng.uniform(0.2, 0.45)
     heat[Material.bag] = rng.uniform(0.15, 0.4)  # carried items are not body-warmed: a cold silhouette
     heat[Material.hat] = rng.uniform(0.3, 0.6)
+    if heat_from_colour:
+        for material in COUPLED_MATERIALS:
+            heat[material] = (1 - heat_from_colour) * heat[material] + heat_from_colour * luminance_heat(colours[material])
 
     return Identity(
         pid=pid, gender="female" if female else "male", head=head, shoulder=shoulder, waist=waist, hip=hip,

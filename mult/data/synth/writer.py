@@ -49,6 +49,7 @@ class SynthSummary:
     images: dict[str, dict[str, int]]  # modality -> {"train": n, "test": n} (RegDB: split 1)
     cameras: dict[str, dict[str, object]]  # folder -> modality, ids, images, native size [h, w]
     mean_images_per_camera: float  # over the (identity, camera) pairs that have images
+    heat_from_colour: float  # 0 = infrared heat independent of visible colour (the default)
     seconds: float
     workers: int
 
@@ -74,6 +75,8 @@ class SynthSummary:
             f"{self.seconds:.1f} s with {self.workers} worker(s)",
             f"{'camera':<8} {'modality':<9} {'ids':>5} {'images':>7}  size (h x w)",
         ]
+        if self.heat_from_colour:
+            lines.insert(2, f"infrared heat tied to visible luminance: {self.heat_from_colour:g}")
         for folder, cam in self.cameras.items():
             h, w = cam["size"]  # type: ignore[misc]
             lines.append(f"{folder:<8} {cam['modality']:<9} {cam['ids']:>5} {cam['images']:>7}  {h} x {w}")
@@ -141,6 +144,7 @@ class _Chunk:
     seed: int
     camera: CameraSpec
     jobs: tuple[ImageJob, ...]
+    heat_from_colour: float = 0.0
 
 
 def _render_chunk(chunk: _Chunk) -> int:
@@ -151,7 +155,7 @@ def _render_chunk(chunk: _Chunk) -> int:
     for job in chunk.jobs:
         who = identities.get(job.pid)
         if who is None:
-            who = identities[job.pid] = sample_identity(seed, job.pid)
+            who = identities[job.pid] = sample_identity(seed, job.pid, chunk.heat_from_colour)
         pixels = render_keyed(who, camera, canvas, seed, job.index, job.pose_key, job.view)
         path = os.path.join(chunk.root, job.relpath)
         if job.relpath.endswith(".jpg"):
@@ -161,7 +165,7 @@ def _render_chunk(chunk: _Chunk) -> int:
     return len(chunk.jobs)
 
 
-def _chunks(plan: DatasetPlan, root: Path, seed: int, workers: int) -> list[_Chunk]:
+def _chunks(plan: DatasetPlan, root: Path, seed: int, workers: int, heat_from_colour: float = 0.0) -> list[_Chunk]:
     """Split each camera's jobs into chunks: small enough to balance the workers, big enough that building the
     camera's canvas once per chunk costs little."""
     size = max(16, min(128, math.ceil(len(plan.jobs) / (8 * workers))))
@@ -169,7 +173,7 @@ def _chunks(plan: DatasetPlan, root: Path, seed: int, workers: int) -> list[_Chu
     for job in plan.jobs:
         by_camera.setdefault(job.camid, []).append(job)
     return [
-        _Chunk(str(root), seed, plan.cameras[camid], tuple(jobs[i:i + size]))
+        _Chunk(str(root), seed, plan.cameras[camid], tuple(jobs[i:i + size]), heat_from_colour)
         for camid, jobs in by_camera.items()
         for i in range(0, len(jobs), size)
     ]
@@ -204,7 +208,8 @@ def _render_all(chunks: list[_Chunk], total: int, workers: int, progress: bool, 
                 raise
 
 
-def _summary(plan: DatasetPlan, out: Path, seed: int, seconds: float, workers: int) -> SynthSummary:
+def _summary(plan: DatasetPlan, out: Path, seed: int, seconds: float, workers: int,
+             heat_from_colour: float = 0.0) -> SynthSummary:
     test_ids = set(plan.splits["test"])
     images = {m.value: {"train": 0, "test": 0} for m in Modality}
     cameras: dict[str, dict[str, object]] = {}
@@ -220,21 +225,26 @@ def _summary(plan: DatasetPlan, out: Path, seed: int, seconds: float, workers: i
         ids["val"] = len(plan.splits["val"])
     return SynthSummary(
         format=plan.fmt, out=str(out), seed=seed, ids=ids, images=images, cameras=cameras,
-        mean_images_per_camera=round(len(plan.jobs) / max(pairs, 1), 2), seconds=round(seconds, 2), workers=workers,
+        mean_images_per_camera=round(len(plan.jobs) / max(pairs, 1), 2), heat_from_colour=heat_from_colour,
+        seconds=round(seconds, 2), workers=workers,
     )
 
 
 def synthesize(out: Path, fmt: str, *, ids: int, test_ids: int | None = None, images_per_camera: int | None = None,
                height: int = 288, width: int = 144, seed: int = 0, workers: int | None = None,
-               progress: bool = True) -> SynthSummary:
+               progress: bool = True, heat_from_colour: float = 0.0) -> SynthSummary:
     """Render a SynthVI dataset of ``ids`` identities into ``out`` in the real SYSU-MM01 or RegDB layout.
 
     ``test_ids`` defaults to SYSU-MM01's share (96 of 491) or half for RegDB; ``images_per_camera`` (SYSU only)
     is the mean number of images per identity and camera (default 15, varying per identity and camera).
     The same arguments give byte-identical files whatever ``workers`` is (default: all CPU cores).
+    ``heat_from_colour`` (0..1) ties infrared heat to visible luminance: an easier modality gap for controlled
+    experiments (``sample_identity``).
     """
     start = time.perf_counter()
     n_test = _validate(fmt, ids, test_ids, images_per_camera, height, width, seed, workers)
+    if not 0.0 <= heat_from_colour <= 1.0:
+        raise MultError(f"--heat-from-colour {heat_from_colour} must be between 0 (independent) and 1")
     n_workers = workers or os.cpu_count() or 1
     if fmt == "sysu":
         plan = plan_sysu(seed, ids, n_test, images_per_camera or SYSU_IMAGES_PER_CAMERA, height, width)
@@ -247,7 +257,7 @@ def synthesize(out: Path, fmt: str, *, ids: int, test_ids: int | None = None, im
             (staging / folder).mkdir(parents=True, exist_ok=True)
         for relpath, text in plan.text_files.items():
             (staging / relpath).write_text(text)
-        _render_all(_chunks(plan, staging, seed, n_workers), len(plan.jobs), n_workers, progress, fmt)
+        _render_all(_chunks(plan, staging, seed, n_workers, heat_from_colour), len(plan.jobs), n_workers, progress, fmt)
         _publish(staging, out)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
@@ -255,4 +265,4 @@ def synthesize(out: Path, fmt: str, *, ids: int, test_ids: int | None = None, im
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _summary(plan, out, seed, time.perf_counter() - start, n_workers)
+    return _summary(plan, out, seed, time.perf_counter() - start, n_workers, heat_from_colour)
