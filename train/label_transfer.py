@@ -584,6 +584,11 @@ def ot_association(
     return LabelTransferResult(*(t.cpu().numpy() for t in (y_v, y_rv, y_r, y_vr)), info={"method": "ot"})
 
 
+def centre_cosines(centres_a: torch.Tensor, centres_b: torch.Tensor) -> torch.Tensor:
+    """[Ka, Kb] cosine similarities between the L2-normalised cluster centres of two modalities."""
+    return torch.nn.functional.normalize(centres_a, dim=1) @ torch.nn.functional.normalize(centres_b, dim=1).T
+
+
 def match_clusters(centres_v: torch.Tensor, centres_r: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """PGM-style one-to-one cluster matching (official ``PGM_matching``): returns (v_to_r [Kv], r_to_v [Kr]).
 
@@ -595,7 +600,7 @@ def match_clusters(centres_v: torch.Tensor, centres_r: torch.Tensor) -> tuple[np
     """
     from scipy.optimize import linear_sum_assignment
 
-    cos = torch.nn.functional.normalize(centres_v, dim=1) @ torch.nn.functional.normalize(centres_r, dim=1).T
+    cos = centre_cosines(centres_v, centres_r)
     cost = (1.0 / torch.exp(cos)).double().cpu().numpy()
     swap = cost.shape[0] < cost.shape[1]
     if swap:
@@ -658,8 +663,7 @@ def oracle_partners(labels: np.ndarray, true_ids: np.ndarray, other_labels: np.n
     partner = per_cluster.argmax(1)
     unseen = (per_cluster.max(1) == 0) | (majority < 0)
     if unseen.any():
-        cos = torch.nn.functional.normalize(centres, dim=1) @ torch.nn.functional.normalize(other_centres, dim=1).T
-        partner[unseen] = cos.argmax(1).cpu().numpy()[unseen]
+        partner[unseen] = centre_cosines(centres, other_centres).argmax(1).cpu().numpy()[unseen]
     return partner.astype(np.int64)
 
 

@@ -184,8 +184,8 @@ class Trainer:
         labels = None
         if self.dist.is_main:
             self.say(f"epoch {epoch}: clustering {len(feats_v)} visible + {len(feats_r)} infrared features")
-            truth = (self.data.visible_pids, self.data.infrared_pids) if self.cfg.association == "oracle" else None
-            labels = make_epoch_labels(feats_v, feats_r, self.cfg, stage, true_ids=truth, epoch=epoch)
+            labels = make_epoch_labels(feats_v, feats_r, self.cfg, stage, epoch=epoch,
+                                       true_ids=(self.data.visible_pids, self.data.infrared_pids))
         return self.dist.broadcast(labels)
 
     def build_memories(self, labels: EpochLabels) -> dict[str, ClusterMemory]:

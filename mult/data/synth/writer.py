@@ -87,7 +87,7 @@ class SynthSummary:
 
 
 def _validate(fmt: str, ids: int, test_ids: int | None, images_per_camera: int | None, height: int, width: int,
-              seed: int, workers: int | None) -> int:
+              seed: int, workers: int | None, heat_from_colour: float) -> int:
     """Check the arguments; return the number of test ids."""
     if fmt not in FORMATS:
         raise MultError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -110,6 +110,8 @@ def _validate(fmt: str, ids: int, test_ids: int | None, images_per_camera: int |
         raise MultError(f"--seed {seed} must be 0 or positive")
     if workers is not None and workers < 1:
         raise MultError(f"--workers {workers} must be at least 1")
+    if not 0.0 <= heat_from_colour <= 1.0:
+        raise MultError(f"--heat-from-colour {heat_from_colour} must be between 0 (independent) and 1")
     return test
 
 
@@ -242,9 +244,7 @@ def synthesize(out: Path, fmt: str, *, ids: int, test_ids: int | None = None, im
     experiments (``sample_identity``).
     """
     start = time.perf_counter()
-    n_test = _validate(fmt, ids, test_ids, images_per_camera, height, width, seed, workers)
-    if not 0.0 <= heat_from_colour <= 1.0:
-        raise MultError(f"--heat-from-colour {heat_from_colour} must be between 0 (independent) and 1")
+    n_test = _validate(fmt, ids, test_ids, images_per_camera, height, width, seed, workers, heat_from_colour)
     n_workers = workers or os.cpu_count() or 1
     if fmt == "sysu":
         plan = plan_sysu(seed, ids, n_test, images_per_camera or SYSU_IMAGES_PER_CAMERA, height, width)
