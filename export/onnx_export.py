@@ -32,18 +32,15 @@ from torch import Tensor, nn
 
 from mult.data.records import Modality
 from mult.errors import MultError
+from mult.export.layout import INPUT_NAME, META_PREFIX, OUTPUT_NAME
 from mult.io import PathLike, atomic_path
 from mult.model import TwoStreamEncoder
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
 DEFAULT_OPSET = 17
 #: Parity tolerances: ORT vs torch differ by ~5e-5 on ResNet-50 (ENVIRONMENT.md); these leave headroom
 #: while still catching a real mistake (double normalisation gives cosines ~0.999, a wrong stem far less).
 MAX_ABS_TOL = 1e-3
 MIN_COSINE_TOL = 0.9999
-#: ONNX metadata keys a client reads instead of hard-coding the input size.
-META_PREFIX = "mult."
 
 
 

@@ -42,29 +42,26 @@ from mult.config import TrainConfig
 from mult.data.images import IMAGE_EXTENSIONS, is_image_file
 from mult.data.records import Modality
 from mult.errors import MultError
-from mult.export.onnx_export import (
-    DEFAULT_OPSET,
+from mult.export.layout import (
+    CONFIG_FILE,
+    DEFAULT_QUEUE_DELAY_US,
     INPUT_NAME,
+    MANIFEST_FILE,
+    MODEL_NAMES,
+    ONNX_FILE,
     OUTPUT_NAME,
-    ParityReport,
-    export_onnx,
-    parity_check,
+    existing_versions,
 )
+from mult.export.onnx_export import DEFAULT_OPSET, ParityReport, export_onnx, parity_check
 from mult.export.quantize import PARITY_TOLERANCES, check_precision, to_fp16, to_int8
 from mult.io import PathLike, write_text_atomic
 
-MODEL_NAMES: dict[Modality, str] = {Modality.visible: "mult_visible", Modality.infrared: "mult_infrared"}
-ONNX_FILE = "model.onnx"
-CONFIG_FILE = "config.pbtxt"
-MANIFEST_FILE = "manifest.json"
 #: Number of images the parity check runs (batch 1 and batch N, N odd so it differs from any export batch).
 PARITY_IMAGES = 7
 #: INT8 calibration images per stem by default (min/max ranges; more images only widen them slowly).
 DEFAULT_CALIBRATION_IMAGES = 64
 #: Name of the FP32 export inside a staged version folder while an FP16/INT8 copy is made from it.
 FP32_SCRATCH_FILE = "model.fp32.onnx"
-#: Dynamic batcher wait: 100 us is the Triton docs' suggested starting point for latency-bound models.
-DEFAULT_QUEUE_DELAY_US = 100
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 
 
@@ -187,13 +184,6 @@ def triton_config(
 
 
 # ---- versions ------------------------------------------------------------------------------------------
-
-
-def existing_versions(model_dir: Path) -> list[int]:
-    """Numeric version folders of one model (what Triton would load), sorted."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def next_version(repo: Path) -> int:

@@ -14,7 +14,8 @@ an id printed today still names the same image after any number of additions.
 Nothing is half-written: ``build_gallery`` fills a temporary directory beside the target and renames it into
 place; ``Gallery.add`` writes the new version into a temporary directory and swaps it in. ``Gallery.open``
 checks the checksums and that index, metadata and manifest agree on the count, so a truncated or edited
-gallery is a one-line :class:`~mult.errors.MultError`, never a wrong answer.
+gallery is a one-line :class:`~mult.errors.MultError`, never a wrong answer. Writers take turns through a lock
+on the gallery directory (``update_lock``), so two ``mult index add`` runs on one gallery keep both additions.
 
 Five-line use::
 
@@ -30,7 +31,9 @@ The index itself (kinds, building, recall) is :mod:`mult.serving.faiss_index`; t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +42,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -290,6 +293,45 @@ def _swap_in(staging: Path, target: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def update_lock(target: Path) -> Iterator[None]:
+    """Hold the exclusive update lock of the existing gallery directory ``target`` (``flock`` on the directory).
+
+    Without it, two ``mult index add`` runs would each write a new version from the same old one, and the
+    second swap would drop the first run's images. A writer that waited may find its directory replaced by
+    the other's new version; it then locks the new one. The lock goes with the process, however it ends.
+    """
+    told = False
+    while True:
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # between the two renames of another writer's swap
+            time.sleep(0.05)
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not told:
+                    print(f"{target}: another process is updating this gallery; waiting for it to finish",
+                          file=sys.stderr, flush=True)
+                    told = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            held, now = os.fstat(fd), _stat_or_none(target)
+            if now is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                yield
+                return
+        finally:
+            os.close(fd)
+
+
+def _stat_or_none(path: Path) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
 def _modality_counts(records: Iterable[Record]) -> dict[str, int]:
     values, counts = np.unique([Modality(r.modality).value for r in records], return_counts=True)
     return {str(v): int(c) for v, c in zip(values, counts)}
@@ -462,6 +504,15 @@ class Gallery:
         return results
 
     # ------------------------------------------------------------------------------------------ add
+    def _reload_if_changed(self) -> None:
+        """Take up the version on disk when another process wrote one after this object was opened."""
+        try:
+            on_disk = json.loads((self.directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            on_disk = None  # open() below names the problem
+        if on_disk != self.manifest:
+            self.__dict__.update(Gallery.open(self.directory, verify=False).__dict__)
+
     def add(self, records: Sequence[Record], encoder: Any, *, batch_size: int = DEFAULT_CHUNK,
             model_info: Optional[Mapping[str, Any]] = None, progress: bool = True) -> dict[str, int]:
         """Embed and append ``records`` not already in the gallery (same path); old ids never change.
@@ -475,6 +526,12 @@ class Gallery:
         if model.get("embedding_size") not in (None, self.embedding_size):
             raise MultError(f"{self.directory}: the encoder gives {model['embedding_size']}-d embeddings but the "
                             f"gallery holds {self.embedding_size}-d ones; build a new gallery for this model")
+        with update_lock(self.directory):
+            self._reload_if_changed()  # another process may have added images since this one opened the gallery
+            return self._append(records, encoder, batch_size=batch_size, progress=progress)
+
+    def _append(self, records: Sequence[Record], encoder: Any, *, batch_size: int, progress: bool) -> dict[str, int]:
+        """The work of ``add``, under the update lock."""
         seen = {r.path for r in self.records}
         fresh: list[Record] = []
         for record in _absolute(records):  # new paths only, each once (the first record wins)
@@ -574,11 +631,12 @@ def build_gallery(
         "modalities": _modality_counts(records), "index": index_entry, "source": dict(source or {}),
         "history": [{"action": "build", "time": created, "added": len(records), "count": len(records)}],
     }
-    staging = _staging_dir(target)
-    try:
-        manifest = _write_gallery_files(staging, index, records, manifest)
-        _swap_in(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with update_lock(target) if target.is_dir() else contextlib.nullcontext():
+        staging = _staging_dir(target)
+        try:
+            manifest = _write_gallery_files(staging, index, records, manifest)
+            _swap_in(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return Gallery(target, index, list(records), manifest)

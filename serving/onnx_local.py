@@ -23,8 +23,7 @@ import numpy as np
 from mult.io import PathLike
 from mult.data.records import Modality
 from mult.errors import MultError
-from mult.export.onnx_export import INPUT_NAME, META_PREFIX, OUTPUT_NAME
-from mult.export.repository import MODEL_NAMES, ONNX_FILE, existing_versions
+from mult.export.layout import INPUT_NAME, META_PREFIX, MODEL_NAMES, ONNX_FILE, OUTPUT_NAME, existing_versions
 from mult.serving.encoders import ArrayEncoder
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from mult.data.records import Modality
 from mult.errors import MultError
-from mult.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+from mult.export.layout import INPUT_NAME, OUTPUT_NAME
 from mult.serving.encoders import ArrayEncoder
 
 #: gRPC statuses worth another try: the server is (re)starting or overloaded. Anything else is final.

@@ -49,8 +49,15 @@ from typing import Callable, Optional
 from mult.data.records import Modality
 from mult.errors import MultError
 from mult.interrupts import sigterm_as_interrupt
-from mult.export.onnx_export import INPUT_NAME, OUTPUT_NAME
-from mult.export.repository import CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, MANIFEST_FILE, MODEL_NAMES, ONNX_FILE
+from mult.export.layout import (
+    CONFIG_FILE,
+    DEFAULT_QUEUE_DELAY_US,
+    INPUT_NAME,
+    MANIFEST_FILE,
+    MODEL_NAMES,
+    ONNX_FILE,
+    OUTPUT_NAME,
+)
 from mult.io import PathLike, write_text_atomic
 from mult.serving.onnx_local import ModelSignature, describe_onnx, model_versions, ort_session
 

@@ -24,6 +24,7 @@ from mult.serving.gallery import (
     check_same_model,
     read_metadata,
     records_for_gallery,
+    update_lock,
 )
 from mult.serving.gallery_commands import index_add, index_build, index_info, search_query
 from mult.serving.ranklist import GREEN, QUERY, RED, UNKNOWN, RanklistStyle, save_ranklist
@@ -283,6 +284,39 @@ def test_failed_overwrite_and_add_keep_the_old_gallery(built: Gallery, crops: Pa
     assert len(built) == 9 and built.index.ntotal == 9
     assert len(Gallery.open(built.directory)) == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "gallery"]
+
+
+def _extra_records(root: Path, pid: int, seed: int) -> list[Record]:
+    write_crops(root, (pid,), per_pid=2, seed=seed)
+    return records_for_gallery(images_dir=root, modality="infrared")
+
+
+def test_adds_from_two_stale_views_keep_both(built: Gallery, gallery_encoder, tmp_path: Path):
+    """Two processes open the gallery, then add in turn: the second takes up the first's version first."""
+    other = Gallery.open(built.directory)
+    first, second = _extra_records(tmp_path / "a", 60, seed=5), _extra_records(tmp_path / "b", 61, seed=6)
+    assert built.add(first, gallery_encoder, progress=False) == {"added": 2, "skipped": 0, "count": 11}
+    assert other.add(second + first, gallery_encoder, progress=False) == {"added": 2, "skipped": 2, "count": 13}
+    reopened = Gallery.open(built.directory)
+    assert [r.pid for r in reopened.records[9:]] == [60, 60, 61, 61]
+    ids, _ = _self_search(reopened, gallery_encoder, reopened.records[9:])
+    assert ids.tolist() == [9, 10, 11, 12]
+
+
+def test_add_waits_for_the_update_lock(built: Gallery, gallery_encoder, tmp_path: Path, capfd):
+    import threading
+
+    records = _extra_records(tmp_path / "c", 62, seed=7)
+    result: dict = {}
+    with update_lock(built.directory):
+        worker = threading.Thread(target=lambda: result.update(built.add(records, gallery_encoder, progress=False)))
+        worker.start()
+        worker.join(timeout=1.5)
+        assert worker.is_alive() and len(Gallery.open(built.directory)) == 9  # blocked, nothing written
+    worker.join(timeout=60)
+    assert result == {"added": 2, "skipped": 0, "count": 11}
+    assert len(Gallery.open(built.directory)) == 11
+    assert "another process is updating this gallery" in capfd.readouterr().err
 
 
 # ---- rank-list image -------------------------------------------------------------------------------------------
