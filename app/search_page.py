@@ -37,7 +37,7 @@ from PIL import Image
 
 from mult.data.images import DEFAULT_MAX_BYTES, is_image_file, load_image, load_image_bytes
 from mult.data.records import Modality
-from mult.errors import MultError
+from mult.errors import MultError, ServerUnavailable
 from mult.interrupts import sigterm_as_interrupt
 from mult.serving.encoders import RESAMPLE, open_encoder
 from mult.serving.gallery import Gallery, Hit, check_same_model, encoder_info
@@ -196,13 +196,11 @@ class SearchService:
         pixels = np.asarray(image.resize((int(self.encoder.width), int(self.encoder.height)), RESAMPLE))
         try:
             return self.encoder.encode_array(pixels[None], modality)
-        except MultError as err:
-            url = getattr(self.encoder, "url", None)
-            if url and ("no Triton server" in str(err) or "not live" in str(err)):
-                port = url.rsplit(":", 1)[-1]
-                raise MultError(f"the model server at {url} is not answering; start it with `mult serve --repo "
-                                f"model_repository --grpc-port {port}` and search again") from None
-            raise
+        except ServerUnavailable:
+            url = getattr(self.encoder, "url", "")
+            port = url.rsplit(":", 1)[-1]
+            raise MultError(f"the model server at {url} is not answering; start it with `mult serve --repo "
+                            f"model_repository --grpc-port {port}` and search again") from None
 
     def _rank(self, embedding: np.ndarray, target: Modality) -> list[Hit]:
         """Top-k hits among the gallery's ``target`` images (all images when it holds one modality only).

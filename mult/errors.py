@@ -9,3 +9,7 @@ class MultError(Exception):
     """An expected, user-fixable problem. The message names the file or value and what to do."""
 
     exit_code = 2
+
+
+class ServerUnavailable(MultError):
+    """The model server does not answer (not started, stopped, or still starting): worth retrying later."""

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mult.errors import MultError
+from mult.errors import MultError, ServerUnavailable
 from mult.export.onnx_export import export_onnx
 from mult.serving.encoders import load_resized, open_encoder
 from mult.serving.onnx_local import OnnxEncoder
@@ -279,7 +279,7 @@ def test_open_encoder_needs_exactly_one(tiny_export):
 def test_server_down_is_one_clear_error():
     port = free_port()  # nothing listens there
     start = time.monotonic()
-    with pytest.raises(MultError, match=rf"no Triton server at 127.0.0.1:{port}.*mult serve --repo") as err:
+    with pytest.raises(ServerUnavailable, match=rf"no Triton server at 127.0.0.1:{port}.*mult serve --repo") as err:
         open_encoder(server=f"127.0.0.1:{port}", retries=1, timeout_s=2)
     assert "\n" not in str(err.value) and time.monotonic() - start < 10
 
