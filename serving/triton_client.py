@@ -89,14 +89,15 @@ class TritonEncoder(ArrayEncoder):
                     if err.status() == "StatusCode.DEADLINE_EXCEEDED":
                         raise MultError(f"{self.url}: {what} timed out after {self.timeout_s:g} s ({attempt + 1} "
                                         "tries); raise the timeout or check the server load") from None
-                    raise ServerUnavailable(f"no Triton server at {self.url} ({_message(err)}); start one with "
-                                    "`mult serve --repo model_repository`") from None
+                    raise ServerUnavailable(f"no Triton server at {self.url} ({_message(err)}); start one "
+                                            "with `mult serve --repo model_repository`") from None
                 time.sleep(BACKOFF_S * 2 ** attempt)
         raise AssertionError("unreachable")
 
     def _connect(self) -> None:
         if not self._call("liveness check", lambda: self._client.is_server_live(client_timeout=self.timeout_s)):
-            raise ServerUnavailable(f"the Triton server at {self.url} is not live yet; wait for `mult serve` to finish starting")
+            raise ServerUnavailable(f"the Triton server at {self.url} is not live yet; wait for `mult serve` to "
+                                    "finish starting")
 
     def _model_sizes(self, name: str) -> tuple[int, int, int, int]:
         """(H, W, D, max_batch_size) of a ready model, from its metadata and config."""
