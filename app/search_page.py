@@ -165,7 +165,8 @@ class SearchAnswer:
 class SearchService:
     """Query photo -> embedding through the chosen stem -> top-k of the gallery's other modality.
 
-    Shared by all page sessions: the gallery is read-only here and both encoders are thread-safe.
+    Shared by all page sessions: the gallery is read-only here and both encoders are thread-safe. Each search
+    first takes up a newer version of the gallery if `mult index add` wrote one since.
     """
 
     def __init__(self, gallery: Gallery, encoder: Any, *, top_k: int = 10, max_bytes: int = MAX_UPLOAD_BYTES,
@@ -202,6 +203,12 @@ class SearchService:
             raise MultError(f"the model server at {url} is not answering; start it with `mult serve --repo "
                             f"model_repository --grpc-port {port}` and search again") from None
 
+    def _refresh_gallery(self) -> None:
+        try:
+            self.gallery = self.gallery.latest()
+        except MultError:
+            pass  # caught mid-update (or broken on disk): the version in memory still answers correctly
+
     def _rank(self, embedding: np.ndarray, target: Modality) -> list[Hit]:
         """Top-k hits among the gallery's ``target`` images (all images when it holds one modality only).
 
@@ -231,6 +238,7 @@ class SearchService:
             started = time.perf_counter()
             embedding = self._embed(image, query_modality)
             embed_s = time.perf_counter() - started
+            self._refresh_gallery()
             started = time.perf_counter()
             hits = self._rank(embedding, target)
             search_s = time.perf_counter() - started

@@ -504,14 +504,16 @@ class Gallery:
         return results
 
     # ------------------------------------------------------------------------------------------ add
-    def _reload_if_changed(self) -> None:
-        """Take up the version on disk when another process wrote one after this object was opened."""
+    def latest(self) -> "Gallery":
+        """This gallery, or the newer version another process wrote to its directory after this one was opened.
+
+        Compares manifests (they carry the count and the update time), which costs one small file read.
+        """
         try:
             on_disk = json.loads((self.directory / MANIFEST_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             on_disk = None  # open() below names the problem
-        if on_disk != self.manifest:
-            self.__dict__.update(Gallery.open(self.directory, verify=False).__dict__)
+        return self if on_disk == self.manifest else Gallery.open(self.directory, verify=False)
 
     def add(self, records: Sequence[Record], encoder: Any, *, batch_size: int = DEFAULT_CHUNK,
             model_info: Optional[Mapping[str, Any]] = None, progress: bool = True) -> dict[str, int]:
@@ -527,7 +529,9 @@ class Gallery:
             raise MultError(f"{self.directory}: the encoder gives {model['embedding_size']}-d embeddings but the "
                             f"gallery holds {self.embedding_size}-d ones; build a new gallery for this model")
         with update_lock(self.directory):
-            self._reload_if_changed()  # another process may have added images since this one opened the gallery
+            latest = self.latest()  # another process may have added images since this one opened the gallery
+            if latest is not self:
+                self.__dict__.update(latest.__dict__)
             return self._append(records, encoder, batch_size=batch_size, progress=progress)
 
     def _append(self, records: Sequence[Record], encoder: Any, *, batch_size: int, progress: bool) -> dict[str, int]:

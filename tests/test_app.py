@@ -248,6 +248,21 @@ def test_moved_gallery_image_shows_a_placeholder(local, tmp_path):
     assert second.size == (64, 128)
 
 
+def test_search_takes_up_images_added_while_the_page_runs(local, tmp_path):
+    write_crops(tmp_path / "ir", (5,), per_pid=2, seed=3)
+    gallery = build_gallery(records_for_gallery(images_dir=tmp_path / "ir", modality="infrared"), local,
+                            tmp_path / "gallery", progress=False)
+    service = SearchService(gallery, local, top_k=5)
+    query = write_crops(tmp_path / "q", (8,), per_pid=1, seed=4)[0]
+    assert len(service.search(str(query), I2V).hits) == 2
+    added = write_crops(tmp_path / "more", (8,), per_pid=1, seed=4)  # the query image itself, now in the gallery
+    Gallery.open(gallery.directory).add(records_for_gallery(images_dir=tmp_path / "more", modality="infrared"),
+                                        local, progress=False)  # as `mult index add` in another process would
+    answer = service.search(str(query), I2V)
+    assert len(answer.hits) == 3 and answer.hits[0]["id"] == 2 and answer.hits[0]["score"] > 0.9999
+    assert "gallery 3" in answer.status and os.path.basename(added[0]) == answer.hits[0]["file"]
+
+
 # ---- bad input ------------------------------------------------------------------------------------------
 
 
