@@ -49,8 +49,8 @@ from typing import Callable, Optional
 from mult.data.records import Modality
 from mult.errors import MultError
 from mult.interrupts import sigterm_as_interrupt
-from mult.export import layout
-from mult.export.layout import CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, MANIFEST_FILE, MODEL_NAMES, ONNX_FILE
+from mult.export.layout import (CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, INPUT_NAME, MANIFEST_FILE, MODEL_NAMES,
+                                ONNX_FILE, OUTPUT_NAME)
 from mult.io import PathLike, write_text_atomic
 from mult.serving.onnx_local import ModelSignature, describe_onnx, model_versions, ort_session
 
@@ -106,10 +106,10 @@ def runtime_config(name: str, sig: ModelSignature, *, max_batch_size: int, max_q
         f"max_batch_size: {int(max_batch_size)}",
         f"version_policy: {{ {policy} }}",
         "input [",
-        f'  {{ name: "{layout.INPUT_NAME}" data_type: TYPE_UINT8 dims: [ {sig.height}, {sig.width}, 3 ] }}',
+        f'  {{ name: "{INPUT_NAME}" data_type: TYPE_UINT8 dims: [ {sig.height}, {sig.width}, 3 ] }}',
         "]",
         "output [",
-        f'  {{ name: "{layout.OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {sig.embedding_size} ] }}',
+        f'  {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {sig.embedding_size} ] }}',
         "]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {int(max_queue_delay_us)} }}",
         f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]",
