@@ -27,8 +27,6 @@ from benchmarks.harness import cpu_model, peak_rss_mib, run_child as spawn_child
 METHODS = ("reference", "mult")
 
 
-
-
 def run_child(method: str, work: Path, k1: int, k2: int, eps: float, rows: np.ndarray) -> dict:
     """One method on the saved features, in this (child) process; returns its measurements."""
     import sklearn.cluster  # noqa: F401  (imported before any timing, so neither method pays for it)

@@ -284,6 +284,11 @@ def test_alpha_one_returns_the_initial_labels(moderate):
     np.testing.assert_allclose(res.infrared, lt.intra_modality_labels(fr, cr).numpy(), atol=1e-6)
     np.testing.assert_array_equal(res.visible_to_infrared, lt.cross_modality_labels(fv, cr)[0].numpy())
     np.testing.assert_array_equal(res.infrared_to_visible, lt.cross_modality_labels(fr, cv)[0].numpy())
+    # the labels before propagation, kept for diagnostics, are the hard OT labels: here also the final ones
+    hard = res.hard_labels()
+    for name, (feats, centres) in (("visible_to_infrared", (fv, cr)), ("infrared_to_visible", (fr, cv))):
+        np.testing.assert_array_equal(res.initial_cross[name], lt.cross_modality_labels(feats, centres)[0].argmax(1))
+        np.testing.assert_array_equal(res.initial_cross[name], hard[name])
     # with the homogeneous graph the anchors come out smoothed once: 1/2 S Y0 + 1/2 Y0
     smoothed = lt.mult_label_transfer(fv, fr, m["lv"], m["lr"], m["jv"], m["jr"], alpha=1.0)
     s_v = lt.homogeneous_affinity(m["jv"], 360, "jv", torch.device("cpu"))

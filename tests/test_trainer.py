@@ -9,10 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from mult.config import preset_config
-from mult.train.pseudo_labels import label_diagnostics, make_epoch_labels
+from mult.train.pseudo_labels import EpochLabels, ModalityClusters, label_diagnostics, make_epoch_labels
 from mult.train.run import RunDir
 from mult.train.trainer import Trainer
 
@@ -57,7 +58,8 @@ def test_resume_across_the_stage_boundary_gives_identical_weights(synth_sysu_sma
     lines = list(RunDir(tmp_path / "b").metrics())
     assert [m["epoch"] for m in lines] == [0, 1, 2]
     assert [m["stage"] for m in lines] == ["dcl", "dcl", "mult"]
-    assert {"loss_intra", "loss_cross", "loss_oclr", "cross_acc_v2r", "cross_acc_r2v"} <= set(lines[2])
+    assert {"loss_intra", "loss_cross", "loss_oclr", "cross_acc_v2r", "cross_acc_r2v", "cross_acc_v2r_initial",
+            "cross_acc_r2v_initial"} <= set(lines[2])
     assert set(RunDir(tmp_path / "b").checkpoint()["memories"]) == {"v", "r", "rcm", "vcm", "va", "ra"}
 
 
@@ -81,6 +83,24 @@ def test_oracle_association_reads_the_truth_only_as_asked(tmp_path):
         assert diag["cross_acc_v2r"] == diag["cross_acc_r2v"] == expected
     with pytest.raises(ValueError, match="true ids"):
         make_epoch_labels(fv, fr, cfg, "mult")
+
+
+def test_cross_label_accuracy_before_and_after_mult_by_hand():
+    # two persons, two images each per modality; infrared cluster 0 is person 1. Trained-on cross labels all
+    # right; MULT's initial labels: visible [1, 0, 0, 0] (3 of 4 right), infrared [0, 0, 0, 0] (2 of 4 right)
+    def clusters():
+        return ModalityClusters(np.array([0, 0, 1, 1]), np.zeros((2, 3), np.float32), sp.csr_matrix((4, 4)))
+
+    pids_v, pids_r = np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])
+    right = np.array([1, 1, 0, 0])
+    labels = EpochLabels(clusters(), clusters(), np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), right, right,
+                         initial_cm_labels={"visible_to_infrared": np.array([1, 0, 0, 0]),
+                                            "infrared_to_visible": np.zeros(4, np.int64)})
+    diag = label_diagnostics(labels, pids_v, pids_r)
+    assert diag["cross_acc_v2r"] == diag["cross_acc_r2v"] == 1.0
+    assert (diag["cross_acc_v2r_initial"], diag["cross_acc_r2v_initial"]) == (0.75, 0.5)
+    labels.initial_cm_labels = {}  # the baselines have no "before": nothing is logged for it
+    assert not {k for k in label_diagnostics(labels, pids_v, pids_r) if k.endswith("_initial")}
 
 
 WORKER = """

@@ -70,6 +70,9 @@ class LabelTransferResult:
     ``visible`` [Nv, Kv] and ``infrared_to_visible`` [Nr, Kv] live in the visible label space (the
     official Ỹᵛ, Ỹʳ→ᵛ); ``infrared`` [Nr, Kr] and ``visible_to_infrared`` [Nv, Kr] in the infrared one
     (Ŷʳ, Ŷᵛ→ʳ). ``info`` holds diagnostics: method used, Sinkhorn steps, propagation iterations, seconds.
+    ``initial_cross`` (MULT only): the hard cross-modality labels BEFORE propagation, the row argmax of the
+    §4.3 initial labels, keyed ``visible_to_infrared`` / ``infrared_to_visible`` — for "before and after
+    MULT" diagnostics; training never reads them.
     """
 
     visible: np.ndarray
@@ -77,6 +80,7 @@ class LabelTransferResult:
     infrared: np.ndarray
     visible_to_infrared: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    initial_cross: dict[str, np.ndarray] = field(default_factory=dict)
 
     def hard_labels(self) -> dict[str, np.ndarray]:
         """Row argmax of each matrix (METHOD.md §4.6), keyed like the attributes.
@@ -459,6 +463,8 @@ def mult_label_transfer(
         y_v0, y_r0 = intra_modality_labels(fv, cv, temp), intra_modality_labels(fr, cr, temp)
         y_vr0, sk_vr = cross_modality_labels(fv, cr, lam)
         y_rv0, sk_rv = cross_modality_labels(fr, cv, lam)
+        initial_cross = {"visible_to_infrared": y_vr0.argmax(1).cpu().numpy(),
+                         "infrared_to_visible": y_rv0.argmax(1).cpu().numpy()}
         clock("initial_labels")
         plan, sk = transport_plan(fv, fr, lam)
         clock("transport_plan")
@@ -488,7 +494,8 @@ def mult_label_transfer(
         "propagation_steps": {"visible_space": it_v, "infrared_space": it_r},
         "seconds": clock.seconds,
     }
-    return LabelTransferResult(*(t.cpu().numpy() for t in (y_v, y_rv, y_r, y_vr)), info=info)
+    return LabelTransferResult(*(t.cpu().numpy() for t in (y_v, y_rv, y_r, y_vr)), info=info,
+                               initial_cross=initial_cross)
 
 
 def sampled_truncation_stats(

@@ -44,7 +44,10 @@ def plot_run(run) -> None:
         for metric, style in (("ari", "-"), ("nmi", "--")):
             ax.plot(*_series(entries, key, metric), style, marker="o", label=f"{metric.upper()} {name}")
     for key, name in (("cross_acc_v2r", "cross acc v→r"), ("cross_acc_r2v", "cross acc r→v")):
-        ax.plot(*_series(entries, key), ":", marker="s", label=name)
+        (line,) = ax.plot(*_series(entries, key), ":", marker="s", label=name)
+        if any(f"{key}_initial" in e for e in entries):  # MULT's own labels before propagation, same colour
+            ax.plot(*_series(entries, f"{key}_initial"), ":", marker="x", color=line.get_color(), alpha=0.5,
+                    label=f"{name}, before MULT")
     ax.set(title="pseudo-label quality vs ground truth", xlabel="epoch", ylim=(0, 1.02))
     ax.legend(fontsize=8)
     ax = axes[1, 1]

@@ -42,6 +42,8 @@ class EpochLabels:
     cm_labels_v: Optional[np.ndarray] = None  # visible instance -> infrared cluster
     cm_labels_r: Optional[np.ndarray] = None  # infrared instance -> visible cluster
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # y_rgb, y_ir, y_rgb_cm, y_ir_cm
+    # MULT only, diagnostics only: the cross labels before propagation (LabelTransferResult.initial_cross)
+    initial_cm_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def cross_modal(self) -> bool:
@@ -88,7 +90,8 @@ def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig
     y_rgb, y_ir, y_rgb_cm, y_ir_cm = (targets[name] for name in ("visible", "infrared", "visible_to_infrared", "infrared_to_visible"))
     return EpochLabels(
         vis, ir, hard["visible"], hard["infrared"], hard["visible_to_infrared"], hard["infrared_to_visible"],
-        targets={"y_rgb": y_rgb, "y_ir": y_ir, "y_rgb_cm": y_rgb_cm, "y_ir_cm": y_ir_cm})
+        targets={"y_rgb": y_rgb, "y_ir": y_ir, "y_rgb_cm": y_rgb_cm, "y_ir_cm": y_ir_cm},
+        initial_cm_labels=result.initial_cross)
 
 
 def label_diagnostics(labels: EpochLabels, pids_v: np.ndarray, pids_r: np.ndarray) -> dict[str, object]:
@@ -102,7 +105,13 @@ def label_diagnostics(labels: EpochLabels, pids_v: np.ndarray, pids_r: np.ndarra
             if labels.cross_modal:
                 out[f"assigned_{name}"] = clustering_quality(final, pids)
     if labels.cross_modal and (pids_v >= 0).all() and (pids_r >= 0).all():
-        # before: the DBSCAN clusters' majority ids; after: MULT's cross-space labels against them
-        out["cross_acc_v2r"] = cross_label_accuracy(labels.cm_labels_v, pids_v, labels.infrared.labels, pids_r)
-        out["cross_acc_r2v"] = cross_label_accuracy(labels.cm_labels_r, pids_r, labels.visible.labels, pids_v)
+        # judged against the other modality's DBSCAN clusters (their majority ids): the labels trained on,
+        # and for MULT also its initial OT labels (§4.3), so that the log shows what propagation changed
+        initial = labels.initial_cm_labels
+        for key, cross, pids, other, other_pids, name in (
+                ("v2r", labels.cm_labels_v, pids_v, labels.infrared.labels, pids_r, "visible_to_infrared"),
+                ("r2v", labels.cm_labels_r, pids_r, labels.visible.labels, pids_v, "infrared_to_visible")):
+            out[f"cross_acc_{key}"] = cross_label_accuracy(cross, pids, other, other_pids)
+            if name in initial:
+                out[f"cross_acc_{key}_initial"] = cross_label_accuracy(initial[name], pids, other, other_pids)
     return out
