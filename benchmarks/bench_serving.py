@@ -42,12 +42,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from benchmarks.harness import cpu_model, write_json
+from mult.backbones import ARCHS
 from mult.errors import MultError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODALITY = "visible"
 FLIP = True  # exported as served by default: mirror-averaged embeddings (the batch through the CNN doubles)
-QUICK = {"depth": "resnet18", "height": 64, "width": 32, "repeats": 2, "requests_per_client": 1,
+QUICK = {"arch": "resnet18", "height": 64, "width": 32, "repeats": 2, "requests_per_client": 1,
          "calibration_images": 8, "synth_ids": 10, "synth_per_camera": 3}
 FULL_SYNTH = {"synth_ids": 40, "synth_per_camera": 4}
 
@@ -77,7 +78,7 @@ def training_batch(data_root: Path, dataset: str, modality: str, n: int, height:
 
 
 def random_init_run(run: Path, args: argparse.Namespace, data_root: Path) -> Path:
-    """A run directory holding a random-init encoder of ``--depth`` whose BN statistics were re-estimated on
+    """A run directory holding a random-init encoder of ``--arch`` whose BN statistics were re-estimated on
     SynthVI images (PreciseBN): without it a random ResNet-50's activations grow block after block."""
     import torch
 
@@ -88,7 +89,7 @@ def random_init_run(run: Path, args: argparse.Namespace, data_root: Path) -> Pat
     torch.manual_seed(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        model = TwoStreamEncoder(args.depth)
+        model = TwoStreamEncoder(args.arch)
 
     def as_input(images: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
@@ -97,7 +98,7 @@ def random_init_run(run: Path, args: argparse.Namespace, data_root: Path) -> Pat
     vis = training_batch(data_root, "sysu", "visible", n, args.height, args.width)
     ir = training_batch(data_root, "sysu", "infrared", n, args.height, args.width)
     recalibrate_batchnorm(model, [(as_input(vis), as_input(ir))])
-    cfg = preset_config("tiny", depth=args.depth, height=args.height, width=args.width, dataset="sysu",
+    cfg = preset_config("tiny", arch=args.arch, height=args.height, width=args.width, dataset="sysu",
                         data_root=str(data_root))
     run.mkdir(parents=True, exist_ok=True)
     cfg.save(run / "config.json")
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model, cfg = find_run_model(source)
     dataset = cfg.dataset if cfg is not None else "sysu"
     height, width = cfg.height, cfg.width
-    print(f"model: {model.depth} at {height}x{width} from {source}", flush=True)
+    print(f"model: {model.arch} at {height}x{width} from {source}", flush=True)
 
     exports = export_all(Path(source), cfg, work, args, gated=args.run is not None)
     pixels_root = data_root or (Path(cfg.data_root) if cfg.data_root else None)
@@ -315,7 +316,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     # 1-minute load average before and after: above ~0.5 another process shared the CPUs.
                     "loadavg_start": load_start[0], "loadavg_end": os.getloadavg()[0]},
         "versions": _versions(),
-        "settings": {"depth": model.depth, "height": height, "width": width, "source": str(source),
+        "settings": {"arch": model.arch, "height": height, "width": width, "source": str(source),
                      "data_root": str(data_root) if data_root else None, "dataset": dataset,
                      "modality": MODALITY, "flip": FLIP, **{k: getattr(args, k) for k in (
                          "repeats", "batches", "clients", "client_batches", "requests_per_client",
@@ -339,7 +340,7 @@ def _versions() -> dict[str, str]:
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     m = result["machine"]
-    lines = [f"{s['depth']} at {s['height']}x{s['width']}, {MODALITY} stem, flip {s['flip']}; {m['cpus']} CPUs "
+    lines = [f"{s['arch']} at {s['height']}x{s['width']}, {MODALITY} stem, flip {s['flip']}; {m['cpus']} CPUs "
              f"({m['cpu']}), load average {m['loadavg_start']:.1f} -> {m['loadavg_end']:.1f}", ""]
     lines.append(f"{'path':<26}{'prec':<6}{'batch':>6}{'ms':>10}{'images/s':>11}{'vs ORT fp32':>13}")
     for r in result["rows"]:
@@ -370,8 +371,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(".bench/serving.json"), help="JSON result path")
     parser.add_argument("--quick", action="store_true", help="smoke run: ResNet-18 at 64x32, 2 repeats, tiny data")
-    parser.add_argument("--depth", choices=("resnet50", "resnet34", "resnet18"), default=None,
-                        help="random-init encoder depth (default resnet50; ignored with --run)")
+    parser.add_argument("--arch", choices=ARCHS, default=None,
+                        help="random-init encoder architecture (default resnet50; ignored with --run)")
     parser.add_argument("--height", type=int, default=None, help="input height (default 288; ignored with --run)")
     parser.add_argument("--width", type=int, default=None, help="input width (default 144; ignored with --run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case, median reported (default 3)")
@@ -395,7 +396,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="keep exports and data here (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    defaults = dict(QUICK) if args.quick else {"depth": "resnet50", "height": 288, "width": 144, "repeats": 3,
+    defaults = dict(QUICK) if args.quick else {"arch": "resnet50", "height": 288, "width": 144, "repeats": 3,
                                                   "requests_per_client": 2, "calibration_images": 64, **FULL_SYNTH}
     for key, value in defaults.items():
         if getattr(args, key, None) is None:

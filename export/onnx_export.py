@@ -130,7 +130,7 @@ def export_onnx(
                 "width": str(int(width)),
                 "embedding_size": str(model.feature_dim),
                 "flip": str(bool(flip)).lower(),
-                "depth": model.depth,
+                "arch": model.arch,
                 "input_layout": "NHWC uint8 RGB; /255 and ImageNet normalisation inside the graph",
             })
     except OSError as err:

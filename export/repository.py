@@ -53,7 +53,7 @@ from mult.export.layout import (
     existing_versions,
 )
 from mult.export.onnx_export import DEFAULT_OPSET, ParityReport, export_onnx, parity_check
-from mult.export.quantize import PARITY_TOLERANCES, check_precision, to_fp16, to_int8
+from mult.export.quantize import check_precision, parity_tolerances, to_fp16, to_int8
 from mult.io import PathLike, write_text_atomic
 
 #: Number of images the parity check runs (batch 1 and batch N, N odd so it differs from any export batch).
@@ -369,7 +369,7 @@ def _convert_and_check(
         to_int8(fp32_path, onnx_path, images_int8)
         info = {"count": int(len(images_int8)), "source": note, "method": "minmax"}
     fp32_path.unlink()
-    max_abs_tol, min_cosine_tol = PARITY_TOLERANCES[precision]
+    max_abs_tol, min_cosine_tol = parity_tolerances(precision, model.arch)
     try:
         report = parity_check(model, modality, onnx_path, images, flip=flip, max_abs_tol=max_abs_tol,
                               min_cosine_tol=min_cosine_tol)
@@ -404,7 +404,7 @@ def write_model_repository(
     used for that check. Writes/overwrites each model's ``config.pbtxt`` (it describes the newest version).
 
     ``precision`` ``"fp16"`` / ``"int8"`` serves a converted copy of the FP32 export (same interface), checked
-    against torch with that precision's tolerances (:data:`mult.export.quantize.PARITY_TOLERANCES`). INT8 is
+    against torch with that precision's tolerances (:func:`mult.export.quantize.parity_tolerances`). INT8 is
     calibrated on ``calibration_count`` images per stem from ``calibration_dir`` or, by default, the run's
     training images (:func:`int8_calibration_images`).
     """
@@ -443,7 +443,7 @@ def write_model_repository(
                             f"the next free one ({next_version(repo)})")
     sha = file_sha256(checkpoint)
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    max_abs_tol, min_cosine_tol = PARITY_TOLERANCES[precision]
+    max_abs_tol, min_cosine_tol = parity_tolerances(precision, model.arch)
     staged: dict[Modality, Path] = {}
     exported: dict[Modality, dict[str, Any]] = {}
     try:
@@ -467,7 +467,7 @@ def write_model_repository(
                 "source": str(source.resolve()),
                 "source_checkpoint": str(checkpoint.resolve()),
                 "source_sha256": sha,
-                "depth": model.depth,
+                "arch": model.arch,
                 "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, height, width, 3],
                           "layout": "NHWC RGB 0-255; scaling and ImageNet normalisation inside the graph"},
                 "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, model.feature_dim],

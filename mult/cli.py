@@ -168,7 +168,8 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", min=0, help="Evaluate every N epochs (0: never)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="imagenet | none | path to a ResNet .pth."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone: resnet18 | resnet34 | resnet50 | mobilenetv2 (default: the preset's)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="imagenet | none | path to a .pth (ImageNet classifier or mult encoder)."),
     sets: list[str] = typer.Option([], "--set", help="Any other config field, e.g. --set eps=0.5 (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the final evaluation as JSON."),
 ) -> None:
@@ -189,7 +190,7 @@ def train(
         overrides = dict(
             data_root=str(data_root) if data_root else None, dataset=dataset.value if dataset else None,
             epochs=epochs, stage_one_epochs=stage_one_epochs, association=association.value if association else None,
-            alpha=alpha, beta=beta, regdb_split=regdb_split, device=device, seed=seed, eval_every=eval_every,
+            alpha=alpha, beta=beta, regdb_split=regdb_split, device=device, seed=seed, eval_every=eval_every, arch=arch,
             pretrained=(None if pretrained.lower() == "none" else pretrained) if pretrained else None,
         )
         cfg = preset_config(preset, **overrides)

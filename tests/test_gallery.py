@@ -74,7 +74,7 @@ def test_build_info_search_add_reopen(built: Gallery, gallery_encoder, crops: Pa
     info = built.info()
     assert (info["count"], info["embedding_size"], info["identities"], info["images_without_id"]) == (9, 512, 3, 0)
     assert info["modalities"] == {"infrared": 9}
-    assert info["index"]["kind"] == "flat" and info["model"]["depth"] == "resnet18"
+    assert info["index"]["kind"] == "flat" and info["model"]["arch"] == "resnet18"
     assert len(info["model"]["weights_sha256"]) == 64
 
     old = list(built.records)
@@ -234,8 +234,8 @@ def test_add_refuses_another_model(built: Gallery, tmp_path: Path):
     records = records_for_gallery(images_dir=more, modality="infrared")
     with pytest.raises(MultError, match="different model.*weights_sha256"):
         built.add(records, tiny_torch_encoder(seed=1), progress=False)
-    wide = tiny_torch_encoder(seed=0, depth="resnet50")  # 2048-d embeddings
-    with pytest.raises(MultError, match="different model.*depth"):
+    wide = tiny_torch_encoder(seed=0, arch="resnet50")  # 2048-d embeddings
+    with pytest.raises(MultError, match="different model.*arch"):
         built.add(records, wide, progress=False)
     with pytest.raises(MultError, match="2048-d embeddings but the gallery holds 512-d"):
         built.add(records, wide, model_info={"encoder": "unnamed"}, progress=False)
@@ -247,7 +247,7 @@ def test_model_identity_rules():
     check_same_model({"version": 3}, {"version": ""}, "g")  # "latest" says nothing
     check_same_model({"weights_sha256": "a"}, {"name": "x"}, "g")  # nothing in common to compare
     with pytest.raises(MultError, match="g: .*different model.*version: gallery '3' vs encoder '4'"):
-        check_same_model({"version": 3, "depth": "resnet18"}, {"version": 4, "depth": "resnet18"}, "g")
+        check_same_model({"version": 3, "arch": "resnet18"}, {"version": 4, "arch": "resnet18"}, "g")
 
 
 def test_search_refuses_another_model(built: Gallery, crops: Path):

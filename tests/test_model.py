@@ -16,10 +16,10 @@ from mult.model import PretrainedWeightsWarning, TwoStreamEncoder, gem_pool
 H, W = 64, 32
 
 
-def build(depth: str = "resnet18", **kwargs) -> TwoStreamEncoder:
+def build(arch: str = "resnet18", **kwargs) -> TwoStreamEncoder:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        return TwoStreamEncoder(depth=depth, **kwargs)
+        return TwoStreamEncoder(arch=arch, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def test_gem_by_hand():
     assert torch.allclose(gem_pool(two), torch.tensor([[0.5, 4.0]]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("depth,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
-def test_shapes_per_depth(depth, dim):
-    model = build(depth)
+@pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("mobilenetv2", 1280)])
+def test_shapes_per_arch(arch, dim):
+    model = build(arch)
     assert model.feature_dim == dim
     fv, fr = model(images(2, 0), images(3, 1))
     assert fv.shape == (2, dim) and fr.shape == (3, dim)
@@ -184,7 +184,7 @@ def test_load_resnet_pth_into_both_stems_and_trunk(tmp_path):
 def test_load_whole_encoder_state(tmp_path, enc):
     path = tmp_path / "enc.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in enc.state_dict().items()}}, path)
-    model = TwoStreamEncoder.from_config({"model": {"depth": "resnet18", "pretrained": str(path)}})
+    model = TwoStreamEncoder.from_config({"model": {"arch": "resnet18", "pretrained": str(path)}})
     for key, value in enc.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -217,18 +217,18 @@ def test_bad_weights_raise_multerror(tmp_path):
     _, path = saved_resnet18(tmp_path)
     with pytest.raises(MultError, match="resnet34"):
         build("resnet34", pretrained=str(path))  # resnet18 file lacks resnet34's extra blocks
-    with pytest.raises(MultError, match="depth"):
+    with pytest.raises(MultError, match="architecture"):
         build("resnet101")
 
 
 def test_from_config_object_and_defaults():
     class Cfg:
-        depth = "resnet18"
+        depth = "resnet18"  # the older name of arch is still read
         last_stride = 2
 
     model = build_from(Cfg())
-    assert model.depth == "resnet18" and model.trunk.layer4[0].conv1.stride == (2, 2)
-    assert build_from({"depth": "resnet34"}).depth == "resnet34"
+    assert model.arch == "resnet18" and model.trunk.layer4[0].conv1.stride == (2, 2)
+    assert build_from({"arch": "resnet34"}).arch == "resnet34"
 
 
 def build_from(cfg):

@@ -78,7 +78,7 @@ def pretrain_supervised(cfg: TrainConfig, out: Path, *, steps: int, progress: bo
     data = load_training_set(cfg.dataset, Path(cfg.data_root), regdb_split=cfg.regdb_split)
     y_v, y_r, n_classes = contiguous_identities(data.visible_pids, data.infrared_pids)
     torch.manual_seed(cfg.seed)
-    model = TwoStreamEncoder(depth=cfg.depth, pretrained=cfg.pretrained)
+    model = TwoStreamEncoder(arch=cfg.arch, pretrained=cfg.pretrained)
     classifier = torch.nn.Linear(model.feature_dim, n_classes, bias=False)
     torch.nn.init.normal_(classifier.weight, std=0.001)
     params = [p for p in model.parameters() if p.requires_grad] + list(classifier.parameters())

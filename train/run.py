@@ -68,16 +68,16 @@ class RunDir:
         """The run's encoder with its latest weights, in eval mode."""
         self.require()
         cfg = self.config()
-        model = bare_encoder(cfg.depth)
+        model = bare_encoder(cfg.arch)
         model.load_state_dict(self.checkpoint(device)["model"])
         return model.to(device).eval()
 
 
-def bare_encoder(depth: str) -> TwoStreamEncoder:
+def bare_encoder(arch: str) -> TwoStreamEncoder:
     """An encoder whose weights are about to be overwritten by a checkpoint (no random-init warning)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PretrainedWeightsWarning)
-        return TwoStreamEncoder(depth=depth, pretrained=None)
+        return TwoStreamEncoder(arch=arch, pretrained=None)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -100,6 +100,6 @@ def find_run_model(source: Path, device: str | torch.device = "cpu") -> tuple[Tw
     if "config" not in checkpoint or "model" not in checkpoint:
         raise MultError(f"{source}: not a mult checkpoint (no model/config inside)")
     cfg = TrainConfig.from_dict(checkpoint["config"])
-    model = bare_encoder(cfg.depth)
+    model = bare_encoder(cfg.arch)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), cfg

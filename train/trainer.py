@@ -67,7 +67,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.data = load_training_set(cfg.dataset, Path(cfg.data_root), regdb_split=cfg.regdb_split)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.model = TwoStreamEncoder(depth=cfg.depth, pretrained=cfg.pretrained).to(self.device)
+        self.model = TwoStreamEncoder(arch=cfg.arch, pretrained=cfg.pretrained).to(self.device)
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad],
                                           lr=cfg.lr_at(0), weight_decay=cfg.weight_decay)
         self.start_epoch = 0
