@@ -5,6 +5,13 @@ score, person id and camera. "visible → infrared" sends the query through the 
 gallery's infrared images; "infrared → visible" the other way round. A gallery that holds one modality only
 is searched whole either way (the page says so); the direction then only picks the query's stem.
 
+When the query's person id is known, each hit is framed green (the same person) or red (another one), as in
+rank lists (:mod:`mult.serving.ranklist`), its caption says so in words, and the status line says where the
+first correct match ranks. The id is known for the example queries and for any image of the dataset the gallery
+was built from (by path, or as an identical copy: :mod:`mult.serving.query_ids`); a real upload stays unframed.
+For such a gallery the examples are photos of people in it, held out of it: for the demo's infrared SYSU-MM01
+gallery, visible test images of its people (:func:`held_out_examples`).
+
 The upload is checked before anything decodes it: file size first (:data:`MAX_UPLOAD_BYTES`), then type and
 pixel count from the header (:data:`MAX_UPLOAD_PIXELS`, :func:`mult.data.images.load_image_bytes`). Every
 expected problem (no image, not an image, too big, the model server down) is a one-line status on the page and
@@ -13,6 +20,8 @@ a toast, never a traceback. The search is an API endpoint (``api_name="search"``
     from gradio_client import Client, handle_file
     gallery, status, hits = Client("http://127.0.0.1:7860/").predict(
         handle_file("me.jpg"), "visible → infrared", api_name="/search")
+
+Each hit's ``match`` is true or false when the query's person id is known (null otherwise).
 
 Five-line use from Python::
 
@@ -36,11 +45,13 @@ import numpy as np
 from PIL import Image
 
 from mult.data.images import DEFAULT_MAX_BYTES, is_image_file, load_image, load_image_bytes
-from mult.data.records import Modality
+from mult.data.records import Modality, Record
 from mult.errors import MultError, ServerUnavailable
 from mult.interrupts import sigterm_as_interrupt
 from mult.serving.encoders import RESAMPLE, open_encoder
 from mult.serving.gallery import Gallery, Hit, check_same_model, encoder_info
+from mult.serving.query_ids import KnownImages, source_records
+from mult.serving.ranklist import frame_colour, frame_image
 
 PathLike = Union[str, "os.PathLike[str]"]
 log = logging.getLogger(__name__)
@@ -121,27 +132,98 @@ def model_label(encoder: Any) -> str:
     return f"mult {shown} · {getattr(encoder, 'embedding_size', '?')}-d · {where}"
 
 
-def pick_examples(gallery: Gallery, n: int = N_EXAMPLES) -> list[str]:
-    """Up to ``n`` example queries from the gallery's own metadata, spread over distinct person ids.
+def spread_over_people(records: Sequence[Record], n: int) -> list[Record]:
+    """Up to ``n`` of ``records``, one per person id, the ids evenly spread over their sorted order.
+
+    Each chosen person's image is taken at a different place in its own list (SYSU-MM01 lists a person camera by
+    camera), so the picks also vary in camera. Deterministic: the same records give the same picks.
+    """
+    by_pid: dict[int, list[Record]] = {}
+    for record in records:
+        if record.pid is not None:
+            by_pid.setdefault(int(record.pid), []).append(record)
+    pids = sorted(by_pid)
+    if not pids or n < 1:
+        return []
+    chosen = np.unique(np.linspace(0, len(pids) - 1, num=min(n, len(pids))).round().astype(int))
+    picked = []
+    for j, row in enumerate(chosen.tolist()):
+        images = sorted(by_pid[pids[row]], key=lambda r: r.path)
+        picked.append(images[(j * len(images)) // len(chosen)])
+    return picked
+
+
+def held_out_examples(gallery: Gallery, dataset: Sequence[Record], direction: str = DEFAULT_DIRECTION,
+                      n: int = N_EXAMPLES) -> list[Record]:
+    """Example queries for ``direction``: ``dataset`` images of its query modality, of people the search can find
+    in the gallery, that are not in the gallery themselves. Up to ``n``, spread over people.
+
+    ``dataset`` is what the gallery was built from (:func:`mult.serving.query_ids.source_records`). "People the
+    search can find" are the ids of the gallery's images of the target modality (of all its images when it holds
+    one modality, as the search then ranks them all). An example must be held out, or the demo would show an
+    image finding itself: so an infrared SYSU-MM01 gallery, which holds every infrared test image, has visible
+    examples only.
+    """
+    query_modality, target = parse_direction(direction)
+    mixed = len(gallery.modalities) > 1
+    findable = {r.pid for r in gallery.records if r.pid is not None and (not mixed or r.modality == target)}
+    indexed = {os.path.abspath(r.path) for r in gallery.records}
+    candidates = [r for r in dataset if r.modality == query_modality and r.pid in findable
+                  and os.path.abspath(r.path) not in indexed and os.path.isfile(r.path)]
+    return spread_over_people(candidates, n)
+
+
+def gallery_examples(gallery: Gallery, n: int = N_EXAMPLES) -> list[Record]:
+    """Up to ``n`` example queries from the gallery's own images, spread over distinct person ids: the fallback
+    for a gallery that knows no dataset (a plain folder), which has no other images of its people to offer.
 
     Visible images when the gallery also holds infrared ones (queries for the default direction), else its
-    images of the one modality it holds. Files that are gone are skipped.
+    images of the one modality it holds (which then find themselves). Files that are gone are skipped.
     """
     records = gallery.records
     if not records or n < 1:
         return []
     is_visible = np.fromiter((r.modality == Modality.visible for r in records), bool, len(records))
     candidates = np.flatnonzero(is_visible) if 0 < is_visible.sum() < len(records) else np.arange(len(records))
-    picked: list[str] = []
+    picked: list[Record] = []
     seen: set[Optional[int]] = set()
     for row in np.unique(np.linspace(0, len(candidates) - 1, num=min(len(candidates), 8 * n)).astype(int)):
         record = records[int(candidates[row])]
         if (record.pid is None or record.pid not in seen) and os.path.isfile(record.path):
             seen.add(record.pid)
-            picked.append(record.path)
+            picked.append(record)
             if len(picked) == n:
                 break
     return picked
+
+
+def gallery_dataset(gallery: Gallery) -> Optional[list[Record]]:
+    """The records of the dataset the gallery was built from (:func:`source_records`), or None.
+
+    None too when that dataset cannot be read any more (moved, say): the page then still works, like a page
+    over a plain folder, and the log says why it knows no identities.
+    """
+    try:
+        return source_records(gallery.manifest.get("source") or {})
+    except MultError as err:
+        log.warning("%s: no example queries or known identities from the gallery's dataset (%s)",
+                    gallery.directory, err)
+        return None
+
+
+def match_summary(query_pid: int, hit_pids: Sequence[Optional[int]]) -> str:
+    """``"person 7: first correct match at rank 2 of 10"`` or ``"person 7: no correct match in the top 10"``."""
+    rank = next((i for i, pid in enumerate(hit_pids, start=1) if pid is not None and int(pid) == int(query_pid)),
+                None)
+    if rank is None:
+        return f"person {query_pid}: no correct match in the top {len(hit_pids)}"
+    return f"person {query_pid}: first correct match at rank {rank} of {len(hit_pids)}"
+
+
+def frame_width(image: Image.Image) -> int:
+    """Width in pixels of a result tile's frame: thick enough to see once Gradio scales the image into its tile
+    (1/16 of the shorter side, at least 3 pixels)."""
+    return max(3, min(image.size) // 16)
 
 
 def folder_examples(folder: PathLike, n: int = N_EXAMPLES) -> list[str]:
@@ -150,6 +232,46 @@ def folder_examples(folder: PathLike, n: int = N_EXAMPLES) -> list[str]:
     if not root.is_dir():
         raise MultError(f"{root}: no examples folder here; pass a folder of query images")
     return [str(p) for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p.name)][:n]
+
+
+@dataclass(frozen=True)
+class ExampleSet:
+    """Example queries shown together: label, element id, image paths, and the direction a click also sets
+    (None: the click leaves the direction as it is)."""
+
+    label: str
+    elem_id: str
+    paths: list[str]
+    direction: Optional[str] = None
+
+
+def example_sets(gallery: Gallery, examples: Union[None, PathLike, Sequence[PathLike]],
+                 dataset: Optional[Sequence[Record]]) -> tuple[list[ExampleSet], KnownImages]:
+    """The page's example queries, and the images whose person id the page knows.
+
+    ``examples`` None: with the gallery's ``dataset`` (:func:`gallery_dataset`), one labelled set per direction
+    that has held-out images (:func:`held_out_examples`; a click also sets the direction), and every image of the
+    dataset is known; without one, the gallery's own images (:func:`gallery_examples`), known by its metadata.
+    A folder takes its first images, a list is used as is, an empty list shows none; their ids are known only
+    when they are images of the gallery's dataset.
+    """
+    known = KnownImages(dataset or [])
+    if examples is not None:
+        is_folder = isinstance(examples, (str, os.PathLike))
+        paths = folder_examples(examples) if is_folder else [os.fspath(p) for p in examples]
+        return ([ExampleSet("example queries", "examples", paths)] if paths else []), known
+    if dataset is None:
+        records = gallery_examples(gallery)
+        sets = [ExampleSet("example queries (images from the gallery itself)", "examples", [r.path for r in records])]
+        return (sets if records else []), KnownImages(records)
+    sets = []
+    for direction, (query_modality, _) in DIRECTIONS.items():
+        records = held_out_examples(gallery, dataset, direction)
+        if records:
+            sets.append(ExampleSet(f"examples for {direction} ({query_modality.value} photos of people in the "
+                                   "gallery)", f"examples-{query_modality.value}", [r.path for r in records],
+                                   direction))
+    return sets, known
 
 
 @dataclass
@@ -170,7 +292,7 @@ class SearchService:
     """
 
     def __init__(self, gallery: Gallery, encoder: Any, *, top_k: int = 10, max_bytes: int = MAX_UPLOAD_BYTES,
-                 max_pixels: int = MAX_UPLOAD_PIXELS) -> None:
+                 max_pixels: int = MAX_UPLOAD_PIXELS, known: Optional[KnownImages] = None) -> None:
         if isinstance(top_k, bool) or int(top_k) < 1:
             raise MultError(f"--top-k {top_k!r} must be a positive integer")
         check_same_model(gallery.manifest.get("model", {}), encoder_info(encoder), gallery.directory)
@@ -179,6 +301,7 @@ class SearchService:
         self.top_k = int(top_k)
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
+        self.known = known if known is not None else KnownImages([])  # images whose person id is known
 
     # -- pieces --
     def summary(self) -> str:
@@ -222,11 +345,17 @@ class SearchService:
         return [replace(h, rank=rank) for rank, h in enumerate(hits[:self.top_k], start=1)]
 
     @staticmethod
-    def _tile(hit: Hit) -> tuple[Image.Image, str]:
+    def _tile(hit: Hit, query_pid: Optional[int] = None) -> tuple[Image.Image, str]:
+        """The hit's image and caption; framed green/red, and the caption saying so, when the query's id is known."""
         try:
-            return load_image(hit.path), hit.caption
+            image, caption = load_image(hit.path), hit.caption
         except MultError:
-            return Image.new("RGB", MISSING_TILE, (128, 128, 128)), f"{hit.caption} · file missing"
+            image, caption = Image.new("RGB", MISSING_TILE, (128, 128, 128)), f"{hit.caption} · file missing"
+        if query_pid is None:
+            return image, caption
+        if hit.pid is not None:  # in words too: the colours alone say nothing to a colour-blind user
+            caption += " · ✓ same person" if int(hit.pid) == int(query_pid) else " · ✗ another person"
+        return frame_image(image, frame_colour(query_pid, hit.pid), frame_width(image)), caption
 
     # -- the whole search --
     def search(self, upload: Any, direction: Optional[str]) -> SearchAnswer:
@@ -244,14 +373,19 @@ class SearchService:
             search_s = time.perf_counter() - started
         except MultError as err:
             return SearchAnswer(status=f"⚠️ {err}", ok=False)
+        query_pid = self.known.pid_of(path)
         held = self.gallery.modalities.get(target.value, 0) if len(self.gallery.modalities) > 1 else len(self.gallery)
         ranked = target.value if len(self.gallery.modalities) > 1 else "gallery"
         status = (f"top {len(hits)} of {held:,} {ranked} images (gallery {len(self.gallery):,}) · query `{name}` "
                   f"through the {query_modality.value} stem · embed {embed_s * 1e3:.0f} ms, search "
                   f"{search_s * 1e3:.1f} ms · model {model_label(self.encoder)}")
+        if query_pid is not None:
+            status = f"**{match_summary(query_pid, [h.pid for h in hits])}** · {status}"
         hit_rows = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "pid": h.pid, "camid": h.camid,
-                     "modality": h.modality, "file": os.path.basename(h.path)} for h in hits]
-        return SearchAnswer([self._tile(h) for h in hits], status, hit_rows)
+                     "modality": h.modality, "file": os.path.basename(h.path),
+                     "match": None if query_pid is None or h.pid is None else int(h.pid) == int(query_pid)}
+                    for h in hits]
+        return SearchAnswer([self._tile(h, query_pid) for h in hits], status, hit_rows)
 
 
 # ---- the page ---------------------------------------------------------------------------------------------
@@ -262,19 +396,15 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS):
     """The search page as a ``gr.Blocks`` (queued, API endpoint ``/search``); launch it with :func:`launch_app`.
 
-    ``examples``: None picks a few from the gallery's metadata (:func:`pick_examples`), a folder takes its
-    first images, a list is used as is, an empty list shows none.
+    ``examples``: None picks photos of people in the gallery (held out of it when the gallery was built from a
+    dataset), a folder takes its first images, a list is used as is, an empty list shows none
+    (:func:`example_sets`).
     """
     import gradio as gr
 
     gallery = gallery_dir if isinstance(gallery_dir, Gallery) else Gallery.open(gallery_dir)
-    service = SearchService(gallery, encoder, top_k=top_k, max_bytes=max_bytes, max_pixels=max_pixels)
-    if examples is None:
-        example_paths = pick_examples(gallery)
-    elif isinstance(examples, (str, os.PathLike)):
-        example_paths = folder_examples(examples)
-    else:
-        example_paths = [os.fspath(p) for p in examples]
+    sets, known = example_sets(gallery, examples, gallery_dataset(gallery))
+    service = SearchService(gallery, encoder, top_k=top_k, max_bytes=max_bytes, max_pixels=max_pixels, known=known)
 
     def run_search(upload: Any, direction: Optional[str]):
         try:
@@ -297,9 +427,13 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                 direction = gr.Radio(list(DIRECTIONS), value=DEFAULT_DIRECTION, label="direction",
                                      elem_id="direction")
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
-                if example_paths:
-                    gr.Examples([[p] for p in example_paths], inputs=[query], label="example queries",
-                                elem_id="examples")
+                for example_set in sets:
+                    if example_set.direction is None:
+                        gr.Examples([[p] for p in example_set.paths], inputs=[query], label=example_set.label,
+                                    elem_id=example_set.elem_id)
+                    else:  # the hidden second column sets the direction the examples are for
+                        gr.Examples([[p, example_set.direction] for p in example_set.paths], inputs=[query, direction],
+                                    visible_columns=[0], label=example_set.label, elem_id=example_set.elem_id)
             with gr.Column(scale=3):
                 results = gr.Gallery(label=f"top {service.top_k}", columns=5, object_fit="contain",
                                      format="png", interactive=False, elem_id="results")

@@ -145,7 +145,7 @@ def app_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (127.0.0.1: this machine only)."),
     port: int = typer.Option(7860, "--port", min=1, max=65535, help="HTTP port of the page."),
     top_k: int = typer.Option(10, "--top-k", min=1, max=100, help="Gallery images shown per search."),
-    examples: Optional[Path] = typer.Option(None, "--examples", help="Folder of example query images (default: a few from the gallery)."),
+    examples: Optional[Path] = typer.Option(None, "--examples", help="Folder of example query images (default: from the gallery's dataset, else the gallery)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default web browser."),
 ) -> None:
     """Serve the Gradio search page: upload a photo, rank the gallery visible -> infrared (or back).

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mult.data.images import load_image
 from mult.errors import MultError
@@ -81,6 +81,11 @@ def frame_colour(query_pid: Optional[int], hit_pid: Optional[int]) -> RGB:
     return GREEN if int(hit_pid) == int(query_pid) else RED
 
 
+def frame_image(image: Image.Image, colour: RGB, border: int) -> Image.Image:
+    """``image`` inside a ``border``-pixel frame of ``colour``: how a hit looks in rank lists and on the page."""
+    return ImageOps.expand(image.convert("RGB"), border=int(border), fill=colour)
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
@@ -102,8 +107,7 @@ def _tile(path: str, style: RanklistStyle) -> Image.Image:
 def _paste_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, position: int, tile: Image.Image, colour: RGB,
                 caption: Sequence[str], style: RanklistStyle, font: ImageFont.ImageFont) -> None:
     x, y = style.cell_origin(position)
-    draw.rectangle([x, y, x + style.cell_width - 1, y + style.cell_height - 1], fill=colour)
-    canvas.paste(tile, (x + style.border, y + style.border))
+    canvas.paste(frame_image(tile, colour, style.border), (x, y))
     line_height = style.caption_height // max(1, len(caption))
     for i, text in enumerate(caption):
         draw.text((x, y + style.cell_height + 2 + i * line_height), text, fill=(0, 0, 0), font=font)

@@ -4,6 +4,8 @@
 Galleries are built with the tiny exported model (``tiny_export``); the page embeds through in-process ONNX
 Runtime and through a real Triton server. Expected rankings are computed here independently (encode the files,
 dot products, argsort), so a swapped stem, a wrong filter or a stale index shows up as a different ranking.
+A gallery built from a tiny SYSU-MM01 tree checks the examples (visible photos of its people, held out of it)
+and the green/red frames and first-correct-match line of a query whose person id is known.
 """
 
 from __future__ import annotations
@@ -24,19 +26,28 @@ from PIL import Image
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from conftest import write_crops  # noqa: E402
+from conftest import build_sysu_tree, write_crops  # noqa: E402
 from mult.app.search_page import (  # noqa: E402
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_PIXELS,
     AppHandle,
     SearchService,
+    example_sets,
     folder_examples,
+    frame_width,
+    gallery_dataset,
+    gallery_examples,
+    held_out_examples,
     launch_app,
-    pick_examples,
+    match_summary,
     run_app,
 )
+from mult.data.records import Modality, Record  # noqa: E402
 from mult.errors import MultError  # noqa: E402
 from mult.serving.gallery import Gallery, build_gallery, records_for_gallery  # noqa: E402
+from mult.serving.gallery_commands import index_build  # noqa: E402
+from mult.serving.query_ids import KnownImages, source_records  # noqa: E402
+from mult.serving.ranklist import GREEN, RED  # noqa: E402
 from mult.serving.onnx_local import OnnxEncoder  # noqa: E402
 from mult.serving.triton_server import TritonServer, free_port  # noqa: E402
 
@@ -44,7 +55,10 @@ IR_PIDS = (3, 7, 12)
 VIS_PIDS = (3, 7)
 TOP_K = 5
 V2I, I2V = "visible → infrared", "infrared → visible"
-CAPTION = re.compile(r"^#(\d+) (\d\.\d{3}) · id (\d+) · cam (\d+)$")
+CAPTION = re.compile(r"^#(\d+) (\d\.\d{3}) · id (\d+) · cam (\d+)( · ✓ same person| · ✗ another person)?$")
+#: The tiny SYSU-MM01 tree's test ids; its infrared cameras hold 18 images of them (conftest.build_sysu_tree).
+SYSU_TEST_IDS = (2, 4, 6)
+SYSU_IR_IMAGES = 18
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
@@ -76,9 +90,20 @@ def galleries(crops, local, tmp_path_factory) -> dict[str, Path]:
     return {"ir": base / "ir", "mixed": base / "mixed"}
 
 
+@pytest.fixture(scope="module")
+def sysu(local, tmp_path_factory) -> dict[str, Path]:
+    """A tiny SYSU-MM01 tree (test ids 2, 4, 6) and galleries built from it the way `mult index build --dataset
+    sysu` builds them: ``ir`` of its infrared test images (the demo's), ``vis`` of its visible ones."""
+    base = tmp_path_factory.mktemp("app_sysu")
+    tree = build_sysu_tree(base / "SYSU-MM01", train=(1,), val=(3,), test=SYSU_TEST_IDS)
+    for modality, name in (("infrared", "ir"), ("visible", "vis")):
+        index_build(local, base / name, dataset="sysu", data_root=tree.root, modality=modality, progress=False)
+    return {"root": tree.root, "ir": base / "ir", "vis": base / "vis"}
+
+
 @contextlib.contextmanager
-def running_app(gallery: Path, downloads: Path, **encoder) -> Iterator[tuple[AppHandle, object]]:
-    handle = launch_app(gallery, port=free_port(), top_k=TOP_K, **encoder)
+def running_app(gallery: Path, downloads: Path, top_k: int = TOP_K, **encoder) -> Iterator[tuple[AppHandle, object]]:
+    handle = launch_app(gallery, port=free_port(), top_k=top_k, **encoder)
     try:
         client = gradio_client.Client(handle.url, verbose=False, analytics_enabled=False,
                                       download_files=str(downloads))
@@ -216,20 +241,169 @@ def test_mixed_gallery_ranks_only_the_other_modality(mixed_app, galleries, crops
     assert "top 4 of 4 visible images" in status and "infrared stem" in status
 
 
-def test_examples_come_from_the_gallery_or_a_folder(galleries, tmp_path):
+def test_folder_gallery_examples_come_from_the_gallery_or_a_folder(galleries, tmp_path):
     mixed = Gallery.open(galleries["mixed"])
-    picked = pick_examples(mixed)  # the gallery holds visible images too: those are the queries
-    by_path = {r.path: r for r in mixed.records}
-    assert picked and all(by_path[p].modality.value == "visible" for p in picked)
-    assert sorted(by_path[p].pid for p in picked) == list(VIS_PIDS)  # one per person
+    assert gallery_dataset(mixed) is None  # a plain folder gallery knows no dataset: the fallback
+    picked = gallery_examples(mixed)  # the gallery holds visible images too: those are the queries
+    assert picked and all(r.modality is Modality.visible and r in mixed.records for r in picked)
+    assert sorted(r.pid for r in picked) == list(VIS_PIDS)  # one per person
     ir = Gallery.open(galleries["ir"])
-    picked = pick_examples(ir, n=2)
-    assert len(picked) == 2 and len({Path(p).parent for p in picked}) == 2
+    picked = gallery_examples(ir, n=2)
+    assert len(picked) == 2 and len({Path(r.path).parent for r in picked}) == 2
+    sets, known = example_sets(ir, None, None)  # one unlabelled-direction set; its ids come from the metadata
+    assert [(s.elem_id, s.direction) for s in sets] == [("examples", None)]
+    assert [known.pid_of(p) for p in sets[0].paths] == [3, 7, 12]
     for name in ("b.png", "a.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert folder_examples(tmp_path) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
     with pytest.raises(MultError, match="no examples folder"):
         folder_examples(tmp_path / "missing")
+
+
+def test_examples_are_held_out_photos_of_people_in_the_gallery(sysu):
+    ir = Gallery.open(sysu["ir"])
+    dataset = gallery_dataset(ir)  # the manifest names the dataset: its test images of both modalities
+    assert dataset == source_records(ir.manifest["source"]) and {r.pid for r in dataset} == set(SYSU_TEST_IDS)
+    indexed = {r.path for r in ir.records}
+    assert {r.modality for r in ir.records} == {Modality.infrared} and len(indexed) == SYSU_IR_IMAGES
+
+    picked = held_out_examples(ir, dataset)  # default direction, visible -> infrared
+    assert [r.pid for r in picked] == list(SYSU_TEST_IDS)  # one per person, every person of the gallery
+    for record in picked:
+        assert record.modality is Modality.visible and record.path not in indexed and os.path.isfile(record.path)
+        assert Path(record.path).parts[-3] in ("cam1", "cam2", "cam4", "cam5")
+    assert held_out_examples(ir, dataset) == picked  # deterministic
+    assert [r.pid for r in held_out_examples(ir, dataset, n=2)] == [2, 6]  # spread over the ids
+    # Every infrared test image is in this gallery: none is held out for infrared -> visible.
+    assert held_out_examples(ir, dataset, "infrared → visible") == []
+    sets, known = example_sets(ir, None, dataset)
+    assert [(s.elem_id, s.direction, s.paths) for s in sets] == \
+        [("examples-visible", "visible → infrared", [r.path for r in picked])]
+    assert "visible photos of people in the gallery" in sets[0].label and len(known) == len(dataset)
+
+    vis = Gallery.open(sysu["vis"])  # the other way round: infrared examples of a visible gallery's people
+    picked = held_out_examples(vis, gallery_dataset(vis), "infrared → visible")
+    assert [r.pid for r in picked] == list(SYSU_TEST_IDS)
+    assert all(r.modality is Modality.infrared and Path(r.path).parts[-3] in ("cam3", "cam6") for r in picked)
+    assert [s.elem_id for s in example_sets(vis, None, gallery_dataset(vis))[0]] == ["examples-infrared"]
+
+    # A gallery whose dataset has gone (moved, deleted) still works, like a folder gallery.
+    gone = Gallery(ir.directory, ir.index, ir.records, {**ir.manifest, "source": {
+        "dataset": "sysu", "data_root": str(sysu["root"].parent / "moved"), "modality": "infrared"}})
+    assert gallery_dataset(gone) is None
+
+
+def test_regdb_gallery_examples_and_unknown_sources(local, tmp_path):
+    """RegDB: ids are the split's test labels, shared by both modalities' idx files."""
+    from conftest import build_regdb_tree
+    from mult.data.regdb import RegDB
+
+    tree = build_regdb_tree(tmp_path / "RegDB")
+    index_build(local, tmp_path / "thermal", dataset="regdb", data_root=tree.root, modality="thermal",
+                regdb_split=2, progress=False)
+    gallery = Gallery.open(tmp_path / "thermal")
+    dataset = gallery_dataset(gallery)
+    assert dataset == RegDB(tree.root, split=2).test()
+    picked = held_out_examples(gallery, dataset)
+    assert [r.pid for r in picked] == [0, 1, 2] and all(r.modality is Modality.visible for r in picked)
+    assert all(Path(r.path).parts[-3] == "Visible" for r in picked)
+    copy = tmp_path / "upload.bmp"  # RegDB's BMPs all have one size: the copy is told apart by its digest
+    copy.write_bytes(Path(picked[1].path).read_bytes())
+    assert len({os.path.getsize(r.path) for r in dataset if r.modality is Modality.visible}) == 1
+    assert KnownImages(dataset).pid_of(copy) == 1
+    assert source_records({"images": str(tmp_path), "modality": "infrared"}) is None
+    with pytest.raises(MultError, match="dataset 'market'"):
+        source_records({"dataset": "market", "data_root": str(tmp_path)})
+
+
+def test_known_images_by_path_or_identical_copy(sysu, tmp_path):
+    known = KnownImages(gallery_dataset(Gallery.open(sysu["ir"])))
+    original = sysu["root"] / "cam2" / "0004" / "0001.jpg"
+    assert known.pid_of(original) == 4  # a dataset image, by path
+    copy = tmp_path / "upload.jpg"  # what the page gets from Gradio: a copy under another name
+    copy.write_bytes(original.read_bytes())
+    assert known.pid_of(copy) == 4
+    changed = bytearray(original.read_bytes())
+    changed[-3] ^= 0xFF  # same size, other bytes: another image
+    copy.write_bytes(bytes(changed))
+    assert known.pid_of(copy) is None
+    assert known.pid_of(tmp_path / "missing.jpg") is None
+    twins = [Record(str(p), pid, 0, Modality.visible) for p, pid in ((tmp_path / "a.png", 1), (tmp_path / "b.png", 2))]
+    for record in twins:
+        Path(record.path).write_bytes(b"same bytes")
+    (tmp_path / "c.png").write_bytes(b"same bytes")
+    assert KnownImages(twins).pid_of(tmp_path / "c.png") is None  # ambiguous: no guess
+
+
+def test_match_summary_and_frame_width():
+    assert match_summary(7, [3, 7, 7]) == "person 7: first correct match at rank 2 of 3"
+    assert match_summary(7, [None, 3]) == "person 7: no correct match in the top 2"
+    assert frame_width(Image.new("RGB", (8, 16))) == 3 and frame_width(Image.new("RGB", (64, 128))) == 4
+
+
+def frame_of(tile: Image.Image, width: int) -> set[tuple[int, int, int]]:
+    """The colours of a tile's outer ``width``-pixel ring."""
+    pixels = np.asarray(tile.convert("RGB"))
+    ring = np.concatenate([pixels[:width].reshape(-1, 3), pixels[-width:].reshape(-1, 3),
+                           pixels[:, :width].reshape(-1, 3), pixels[:, -width:].reshape(-1, 3)])
+    return {tuple(int(v) for v in c) for c in np.unique(ring, axis=0)}
+
+
+def test_known_query_frames_hits_green_or_red_and_ranks_the_first_match(sysu, local, tmp_path):
+    """SearchService (no Gradio): an example copied elsewhere, as Gradio does, is still its person."""
+    gallery = Gallery.open(sysu["ir"])
+    dataset = gallery_dataset(gallery)
+    service = SearchService(gallery, local, top_k=SYSU_IR_IMAGES, known=KnownImages(dataset))
+    example = held_out_examples(gallery, dataset)[1]
+    query = tmp_path / "example.jpg"
+    query.write_bytes(Path(example.path).read_bytes())
+
+    answer = service.search(str(query), V2I)  # the whole gallery: the person's images are all among the hits
+    pids = [h["pid"] for h in answer.hits]
+    assert answer.ok and len(pids) == SYSU_IR_IMAGES and example.pid in pids
+    first = pids.index(example.pid) + 1
+    assert answer.status.startswith(f"**person {example.pid}: first correct match at rank {first} of 18** · top 18")
+    for (tile, caption), hit in zip(answer.tiles, answer.hits):
+        same = hit["pid"] == example.pid
+        image = rgb(Path(gallery.records[hit["id"]].path))
+        width = frame_width(Image.fromarray(image))
+        assert hit["match"] is same
+        assert frame_of(tile, width) == {GREEN if same else RED}  # exactly the rank lists' colours
+        assert caption.endswith(" · ✓ same person" if same else " · ✗ another person")
+        np.testing.assert_array_equal(np.asarray(tile)[width:-width, width:-width], image)  # inside: the image
+
+    answer = SearchService(gallery, local, top_k=1, known=KnownImages(dataset)).search(str(query), V2I)
+    expected_line = match_summary(example.pid, [answer.hits[0]["pid"]])
+    assert answer.status.startswith(f"**{expected_line}**")
+
+    upload = write_crops(tmp_path / "upload", (1,), per_pid=1, seed=9, mode="RGB")[0]  # a real upload: unknown
+    answer = service.search(str(upload), V2I)
+    assert answer.ok and "correct match" not in answer.status and "person" not in answer.status
+    assert all(h["match"] is None for h in answer.hits)
+    for (tile, caption), hit in zip(answer.tiles, answer.hits):  # unframed: the gallery image as it is
+        assert CAPTION.match(caption) and "person" not in caption
+        np.testing.assert_array_equal(np.asarray(tile), rgb(Path(gallery.records[hit["id"]].path)))
+
+
+def test_page_over_a_dataset_gallery_knows_its_examples(sysu, tiny_export, tmp_path):
+    """Through Gradio: the page shows visible examples only, and an example uploaded (so copied by Gradio)
+    gets the first-correct-match line and a match flag per hit."""
+    import httpx
+
+    gallery = Gallery.open(sysu["ir"])
+    example = held_out_examples(gallery, gallery_dataset(gallery))[0]
+    with running_app(sysu["ir"], tmp_path / "dl", top_k=SYSU_IR_IMAGES, local=tiny_export.repo) as (handle, client):
+        config = httpx.get(handle.url + "config", timeout=10).json()
+        ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+        assert "examples-visible" in ids and "examples-infrared" not in ids and "examples" not in ids
+        tiles, status, hits = search(client, Path(example.path), V2I)
+        first = [h["pid"] for h in hits].index(example.pid) + 1
+        assert f"person {example.pid}: first correct match at rank {first} of 18" in status
+        assert [h["match"] for h in hits] == [h["pid"] == example.pid for h in hits]
+        check_tiles(tiles, hits)
+        assert all(t["caption"].endswith("person") for t in tiles)
+        tiles, status, hits = search(client, Path(gallery.records[0].path), V2I)  # a gallery image: known too
+        assert "person 2: first correct match" in status
 
 
 def test_moved_gallery_image_shows_a_placeholder(local, tmp_path):
