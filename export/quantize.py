@@ -63,11 +63,13 @@ PARITY_TOLERANCES: dict[str, tuple[float, float]] = {
     "fp16": (2e-2, 0.995),
     "int8": (0.1, 0.95),
 }
-#: MobileNetV2 loses more to INT8: its depthwise convolutions get per-tensor uint8 activations. With the ImageNet
-#: weights at 128x64 (64 SynthVI calibration images, 40 held-out ones) the row cosine to FP32 measured min 0.943 /
-#: median 0.971 (MinMax and Entropy ranges alike; leaving the depthwise convs in FP32 was worse, 0.68). Its INT8
-#: bound is lowered accordingly; the retrieval-metric change in BENCHMARKS.md is the finer check.
-INT8_MIN_COSINE_BY_ARCH: dict[str, float] = {"mobilenetv2": 0.90}
+#: MobileNetV2 loses more to INT8: its depthwise convolutions get per-tensor uint8 activations. Measured at 128x64
+#: against FP32 (row cosine min / median): ImageNet weights 0.943 / 0.971 on 40 held-out SynthVI images; the `make
+#: demo` model after training 0.855 (parity images) and 0.80 / 0.91 on 60 held-out ones, while its retrieval barely
+#: moves (10-trial all-search mAP 25.26 -> 24.69, R1 21.01 -> 21.05; BENCHMARKS.md). MinMax or Entropy ranges, FP32
+#: first/last convolutions, no INT8 Add: all within 0.01. Its INT8 bound is therefore 0.75: a broken conversion
+#: (wrong ranges, a swapped stem) still lands near 0.
+INT8_MIN_COSINE_BY_ARCH: dict[str, float] = {"mobilenetv2": 0.75}
 
 
 def parity_tolerances(precision: str, arch: str) -> tuple[float, float]:
