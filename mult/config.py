@@ -15,6 +15,9 @@ from typing import Any, Optional
 from mult.errors import MultError
 from mult.io import write_text_atomic
 
+#: When the cluster memories are written (TrainConfig.memory_update; mult.train.memory explains both).
+MEMORY_UPDATES = ("official", "after-step")
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +54,9 @@ class TrainConfig:
     temp: float = 0.05
     momentum: float = 0.1
     momentum_cross: float = 0.1
+    # official: momentum writes inside backward in autograd's order (the official CM, METHOD.md §6.1);
+    # after-step: after optimizer.step() in forward order, gradients against the pre-step memory (before issue 15)
+    memory_update: str = "official"
     # label transfer (§4) and OCLR (§7)
     association: str = "mult"  # mult | ot | hungarian | none | oracle (diagnostic: true ids)
     oracle_accuracy: float = 1.0  # share of correct cluster links kept by association "oracle"
@@ -71,6 +77,11 @@ class TrainConfig:
     amp: bool = True  # used only on CUDA
     preset: str = "sysu"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.memory_update not in MEMORY_UPDATES:
+            raise MultError(f"memory_update must be one of {' | '.join(MEMORY_UPDATES)}, got {self.memory_update!r}; "
+                            "e.g. --set memory_update=after-step")
 
     def lr_at(self, epoch: int) -> float:
         """Step schedule on the absolute epoch index (stage 2 starts at 3.5e-5, never 3.5e-4)."""
@@ -94,6 +105,8 @@ class TrainConfig:
         data = dict(data)
         if "depth" in data:  # the field's name before MobileNetV2 joined the ResNets
             data.setdefault("arch", data.pop("depth"))
+        # runs saved before the field existed wrote their memories after the step: resume them the same way
+        data.setdefault("memory_update", "after-step")
         if "lr_milestones" in data:
             data["lr_milestones"] = tuple(data["lr_milestones"])
         return cls(**data)

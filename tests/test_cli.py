@@ -37,6 +37,13 @@ def test_expected_error_is_one_line_without_traceback(tmp_path, capsys):
     assert str(missing) in err
 
 
+def test_a_bad_config_value_is_one_line_naming_the_field(tmp_path, capsys):
+    code, _, err = run_main(["train", "--out", str(tmp_path / "run"), "--data-root", str(tmp_path), "--preset", "tiny",
+                             "--set", "memory_update=sometimes"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "memory_update" in err and "after-step" in err
+
+
 def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "mult", "--version"], capture_output=True, text=True, check=True)
     assert __version__ in proc.stdout

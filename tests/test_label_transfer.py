@@ -9,6 +9,7 @@ are matched to themselves).
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -219,10 +220,41 @@ def test_relative_change_and_stopping():
     x0 = torch.eye(2)
     y0 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     t_xy, t_yx, s_x, s_y = _ops()
-    _, _, steps = lt.label_propagation(x0, y0, t_xy, t_yx, s_x, s_y, alpha=0.5, max_iter=3, tol=0.0)
-    assert steps == 3  # tol 0 never stops early
-    _, _, steps = lt.label_propagation(x0, y0, t_xy, t_yx, s_x, s_y, alpha=1.0, max_iter=20, tol=1e-2)
-    assert steps == 2  # alpha = 1: the second step repeats the first exactly
+    _, _, trace = lt.label_propagation(x0, y0, t_xy, t_yx, s_x, s_y, alpha=0.5, max_iter=3, tol=0.0)
+    assert trace.steps == 3  # tol 0 never stops early
+    _, _, trace = lt.label_propagation(x0, y0, t_xy, t_yx, s_x, s_y, alpha=1.0, max_iter=20, tol=1e-2)
+    assert trace.steps == 2 and trace.change[-1] == 0.0  # alpha = 1: the second step repeats the first exactly
+
+
+def test_propagation_trace_records_what_the_iterations_did():
+    x0 = torch.eye(2)
+    y0 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    t_xy, t_yx, s_x, s_y = _ops()
+    _, _, trace = lt.label_propagation(x0, y0, t_xy, t_yx, s_x, s_y, alpha=0.5, max_iter=20, tol=1e-3)
+    # step 1 (test_propagation_step_by_hand): X' = [[.625, .375]] * 2 rows, Y' = [[.375, .625], [.75, .25]];
+    # |X' - X0|_1 / |X0|_1 = (.375 + .375 + .625 + .625) / 2 = 1;  |Y' - Y0|_1 / |Y0|_1 = (.375 + .375 + .25 + .25) / 2
+    assert trace.change_x[0] == pytest.approx(1.0) and trace.change_y[0] == pytest.approx(0.625)
+    # every later step replayed by hand: the recorded numbers are the changes the iterations made
+    x, y = x0, y0
+    for cx, cy in zip(trace.change_x, trace.change_y):
+        nx, ny = lt.propagation_step(x, y, x0, y0, t_xy, t_yx, s_x, s_y, alpha=0.5)
+        assert (cx, cy) == (lt.relative_change(nx, x), lt.relative_change(ny, y))
+        x, y = nx, ny
+    assert 1 < trace.steps < 20 and trace.change == [max(cx, cy) for cx, cy in zip(trace.change_x, trace.change_y)]
+    assert trace.change[-1] <= 1e-3 < min(trace.change[:-1])  # stopped at the first step under tol
+    assert min(trace.change_x + trace.change_y) >= 0
+
+
+def test_mult_records_the_propagation_of_both_label_spaces(exact):
+    record = exact.info["propagation"]
+    assert (record["tol"], record["max_iter"]) == (1e-2, 20)
+    for space in ("visible_space", "infrared_space"):
+        rec = record[space]
+        assert rec["steps"] == exact.info["propagation_steps"][space] == len(rec["change"]) <= 20
+        assert rec["change"] == [max(v, r) for v, r in zip(rec["change_visible"], rec["change_infrared"])]
+        assert min(rec["change"]) >= 0 and (rec["steps"] == 20 or rec["change"][-1] <= 1e-2)
+        assert all(c > 1e-2 for c in rec["change"][:-1])
+    json.dumps(record)  # goes to metrics.jsonl as it is
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mult.config import preset_config
+from mult.cli import _parse_sets
+from mult.config import TrainConfig, preset_config
+from mult.errors import MultError
 from mult.train.pseudo_labels import EpochLabels, ModalityClusters, label_diagnostics, make_epoch_labels
 from mult.train.run import RunDir
 from mult.train.trainer import Trainer
@@ -59,8 +62,23 @@ def test_resume_across_the_stage_boundary_gives_identical_weights(synth_sysu_sma
     assert [m["epoch"] for m in lines] == [0, 1, 2]
     assert [m["stage"] for m in lines] == ["dcl", "dcl", "mult"]
     assert {"loss_intra", "loss_cross", "loss_oclr", "cross_acc_v2r", "cross_acc_r2v", "cross_acc_v2r_initial",
-            "cross_acc_r2v_initial"} <= set(lines[2])
+            "cross_acc_r2v_initial", "propagation"} <= set(lines[2])
+    assert "propagation" not in lines[1]  # no label propagation in stage 1
+    for space in ("visible_space", "infrared_space"):  # MULT's convergence, per epoch (METHOD.md §4.5)
+        record = lines[2]["propagation"][space]
+        assert 1 <= record["steps"] == len(record["change"]) <= cfg.lp_iters
     assert set(RunDir(tmp_path / "b").checkpoint()["memories"]) == {"v", "r", "rcm", "vcm", "va", "ra"}
+
+
+def test_memory_update_option_defaults_to_official_and_is_checked():
+    assert preset_config("tiny").memory_update == "official"
+    cfg = TrainConfig.from_dict({**preset_config("tiny").to_dict(), **_parse_sets(["memory_update=after-step"])})
+    assert cfg.memory_update == "after-step"
+    with pytest.raises(MultError, match=re.escape("memory_update must be one of official | after-step, got 'later'")):
+        preset_config("tiny", memory_update="later")
+    saved_before = preset_config("tiny").to_dict()
+    del saved_before["memory_update"]  # a run saved before the option existed wrote its memories after the step
+    assert TrainConfig.from_dict(saved_before).memory_update == "after-step"
 
 
 def test_oracle_association_reads_the_truth_only_as_asked(tmp_path):
@@ -118,11 +136,17 @@ class Recording(Trainer):
         self.seen.append([labels.labels_v.tolist(), labels.labels_r.tolist()])
         return labels
 
+    def train_epoch(self, epoch, stage, labels, mems):
+        losses = super().train_epoch(epoch, stage, labels, mems)
+        self.memories = {name: memory.features.cpu() for name, memory in mems.items()}
+        return losses
+
 cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
 trainer = Recording(cfg, Path(sys.argv[2]), progress=False)
 trainer.fit()
 out = Path(sys.argv[3]) / f"rank{trainer.dist.rank}.pt"
-torch.save({"world": trainer.dist.world_size, "labels": trainer.seen, "model": trainer.model.state_dict()}, out)
+torch.save({"world": trainer.dist.world_size, "labels": trainer.seen, "model": trainer.model.state_dict(),
+            "memories": trainer.memories}, out)
 """
 
 
@@ -133,7 +157,8 @@ def free_port() -> int:
 
 
 def test_torchrun_two_processes_agree_on_labels_and_weights(synth_sysu_small, tmp_path):
-    cfg = tiny(synth_sysu_small, epochs=2, stage_one_epochs=2, workers=0)
+    # epoch 0 DCL, epoch 1 MULT: the six memories written inside backward, gathering every rank's batch
+    cfg = tiny(synth_sysu_small, epochs=2, stage_one_epochs=1, association="mult", workers=0)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -145,3 +170,6 @@ def test_torchrun_two_processes_agree_on_labels_and_weights(synth_sysu_small, tm
     assert r0["world"] == r1["world"] == 2
     assert r0["labels"] == r1["labels"] and len(r0["labels"]) == 2
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    # weights agree even if memories do not (DDP averages the gradients): the memories must agree by themselves
+    assert set(r0["memories"]) == {"v", "r", "rcm", "vcm", "va", "ra"}
+    assert all(torch.equal(r0["memories"][k], r1["memories"][k]) for k in r0["memories"])

@@ -2,7 +2,9 @@
 
 Every rank extracts a shard of the training images and all ranks gather the full feature matrix; rank 0
 computes the pseudo-labels and broadcasts them, so all ranks train on identical labels. Cluster-memory
-updates use the features of every rank's batch (gathered), so the memories stay identical too.
+writes use the features of every rank's batch (gathered; with memory_update "official" inside the backward
+pass, where every rank runs the same graph and so the same gathers in the same order), so the memories stay
+identical too.
 A single process is the world of size 1 and every call is a no-op.
 """
 

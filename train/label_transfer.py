@@ -69,7 +69,8 @@ class LabelTransferResult:
 
     ``visible`` [Nv, Kv] and ``infrared_to_visible`` [Nr, Kv] live in the visible label space (the
     official Ỹᵛ, Ỹʳ→ᵛ); ``infrared`` [Nr, Kr] and ``visible_to_infrared`` [Nv, Kr] in the infrared one
-    (Ŷʳ, Ŷᵛ→ʳ). ``info`` holds diagnostics: method used, Sinkhorn steps, propagation iterations, seconds.
+    (Ŷʳ, Ŷᵛ→ʳ). ``info`` holds diagnostics: method used, Sinkhorn steps, propagation iterations and (MULT,
+``info["propagation"]``) the change of every propagation iteration in both label spaces, seconds.
     ``initial_cross`` (MULT only): the hard cross-modality labels BEFORE propagation, the row argmax of the
     §4.3 initial labels, keyed ``visible_to_infrared`` / ``infrared_to_visible`` — for "before and after
     MULT" diagnostics; training never reads them.
@@ -391,6 +392,26 @@ def relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
     return float((new - old).abs().sum() / old.sum())
 
 
+@dataclass
+class PropagationTrace:
+    """How the fixed-point iteration of METHOD.md §4.5 went: per iteration, the relative L1 change of X and of Y.
+
+    The paper claims the alternating update converges; this is the per-epoch evidence (metrics.jsonl,
+    training.png). ``steps`` is the number of iterations used; ``change`` the stopping test's value per iteration.
+    """
+
+    change_x: list[float] = field(default_factory=list)
+    change_y: list[float] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.change_x)
+
+    @property
+    def change(self) -> list[float]:
+        return [max(cx, cy) for cx, cy in zip(self.change_x, self.change_y)]
+
+
 def label_propagation(
     x0: torch.Tensor,
     y0: torch.Tensor,
@@ -401,17 +422,34 @@ def label_propagation(
     alpha: float = 0.2,
     max_iter: int = 20,
     tol: float = 1e-2,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, PropagationTrace]:
     """Iterate ``propagation_step`` from (X0, Y0) until max(relative change of X, of Y) <= tol or
-    ``max_iter`` steps (METHOD.md §4.5). Returns (X, Y, steps)."""
+    ``max_iter`` steps (METHOD.md §4.5). Returns (X, Y, the changes of every iteration)."""
     x, y = x0, y0
-    for step in range(1, max_iter + 1):
+    trace = PropagationTrace()
+    for _ in range(max_iter):
         x_new, y_new = propagation_step(x, y, x0, y0, transfer_xy, transfer_yx, smooth_x, smooth_y, alpha)
-        change = max(relative_change(y_new, y), relative_change(x_new, x))
+        trace.change_x.append(relative_change(x_new, x))
+        trace.change_y.append(relative_change(y_new, y))
         x, y = x_new, y_new
-        if change <= tol:
+        if trace.change[-1] <= tol:
             break
-    return x, y, step
+    return x, y, trace
+
+
+def propagation_record(visible_space: PropagationTrace, infrared_space: PropagationTrace, tol: float,
+                       max_iter: int) -> dict[str, Any]:
+    """Both label spaces' traces as JSON-ready numbers, each change named by the instances whose labels moved.
+
+    Visible space: X = visible instances (Ỹᵛ), Y = infrared ones (Ỹʳ→ᵛ); infrared space: X = infrared (Ŷʳ),
+    Y = visible (Ŷᵛ→ʳ) (METHOD.md §4.5).
+    """
+    def record(trace: PropagationTrace, visible: list[float], infrared: list[float]) -> dict[str, Any]:
+        return {"steps": trace.steps, "change": trace.change, "change_visible": visible, "change_infrared": infrared}
+
+    return {"tol": tol, "max_iter": max_iter,
+            "visible_space": record(visible_space, visible_space.change_x, visible_space.change_y),
+            "infrared_space": record(infrared_space, infrared_space.change_y, infrared_space.change_x)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -477,11 +515,11 @@ def mult_label_transfer(
         kv, kr = cv.shape[0], cr.shape[0]
         y_v0, y_rv0, y_r0, y_vr0 = (pad_columns(t) for t in (y_v0, y_rv0, y_r0, y_vr0))
         # visible label space: X = RGB instances (anchor Yv0), Y = IR instances (anchor Yr->v0)
-        y_v, y_rv, it_v = label_propagation(
+        y_v, y_rv, trace_v = label_propagation(
             y_v0, y_rv0, transfer.visible_from_infrared, transfer.infrared_from_visible, smooth_v, smooth_r,
             alpha, max_iter, tol)
         # infrared label space: roles swapped (METHOD.md §4.5)
-        y_r, y_vr, it_r = label_propagation(
+        y_r, y_vr, trace_r = label_propagation(
             y_r0, y_vr0, transfer.infrared_from_visible, transfer.visible_from_infrared, smooth_r, smooth_v,
             alpha, max_iter, tol)
         y_v, y_rv, y_r, y_vr = (t[:, :k].contiguous() for t, k in ((y_v, kv), (y_rv, kv), (y_r, kr), (y_vr, kr)))
@@ -491,7 +529,8 @@ def mult_label_transfer(
         **transfer.info,
         "sinkhorn_steps": {"plan": sk.steps, "visible_to_infrared_init": sk_vr.steps,
                            "infrared_to_visible_init": sk_rv.steps},
-        "propagation_steps": {"visible_space": it_v, "infrared_space": it_r},
+        "propagation_steps": {"visible_space": trace_v.steps, "infrared_space": trace_r.steps},
+        "propagation": propagation_record(trace_v, trace_r, tol, max_iter),
         "seconds": clock.seconds,
     }
     return LabelTransferResult(*(t.cpu().numpy() for t in (y_v, y_rv, y_r, y_vr)), info=info,

@@ -9,6 +9,7 @@ cross-modality memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +45,13 @@ def dcl_loss(
 ) -> torch.Tensor:
     """Stage-1 DCL: CE(z^{m_v}(v0), l_v) + CE(z^{m_v}(v1), l_v) + CE(z^{m_r}(r), l_r) (METHOD.md §6.4).
 
-    Hard DBSCAN labels; the sampler never draws outliers in stage 1.
+    Hard DBSCAN labels; the sampler never draws outliers in stage 1. Each read also writes its memory with its
+    samples (§6.1), in the official order v0, v1, r.
     """
     return (
-        F.cross_entropy(visible.logits(f_v0), labels_v)
-        + F.cross_entropy(visible.logits(f_v1), labels_v)
-        + F.cross_entropy(infrared.logits(f_r), labels_r)
+        F.cross_entropy(visible.logits(f_v0, labels_v), labels_v)
+        + F.cross_entropy(visible.logits(f_v1, labels_v), labels_v)
+        + F.cross_entropy(infrared.logits(f_r, labels_r), labels_r)
     )
 
 
@@ -79,6 +81,7 @@ def amirl_loss(
     y_ir: torch.Tensor,
     y_other: torch.Tensor,
     *,
+    labels: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
     use_oclr: bool = True,
     oclr_ratio: float = 0.2,
     oclr_detach: bool = False,
@@ -87,35 +90,45 @@ def amirl_loss(
 
     ``y_vis``/``y_ir`` are the soft targets (0.7·one-hot + 0.3·soft) of the visible and infrared samples in the
     unified space; ``y_other`` the targets of the other modality in its own space (y_ir on even epochs,
-    y_rgb on odd ones). Returns the parts and their sum under ``"total"``.
+    y_rgb on odd ones). ``labels``: the hard labels of the same three (visible, infrared, other), with which the
+    reads write the memories (the table of METHOD.md §6.2); None only reads them. Returns the parts and their sum
+    under ``"total"``.
+
+    The memories are read in the official trainer's order: the labelled reads visible(v0), visible(v1),
+    infrared(r), other, cross(v0), cross(v1), cross(r), then the OCLR targets' plain reads. With in-backward
+    writes (memory_update "official", §6.1) this order, reversed, is the order of the writes.
     """
-    z_vis_v0, z_vis_v1 = space.visible.logits(f_v0), space.visible.logits(f_v1)
-    z_ir_r = space.infrared.logits(f_r)
-    z_x_v0, z_x_v1, z_x_r = space.cross.logits(f_v0), space.cross.logits(f_v1), space.cross.logits(f_r)
+    l_vis, l_ir, l_other = labels if labels is not None else (None, None, None)
+    z_vis_v0, z_vis_v1 = space.visible.logits(f_v0, l_vis), space.visible.logits(f_v1, l_vis)
+    z_ir_r = space.infrared.logits(f_r, l_ir)
+    other_inputs = (f_v0, f_v1) if space.other_is_visible else (f_r,)
+    z_other = [space.other.logits(f, l_other) for f in other_inputs]
+    z_x_v0, z_x_v1 = space.cross.logits(f_v0, l_vis), space.cross.logits(f_v1, l_vis)
+    z_x_r = space.cross.logits(f_r, l_ir)
 
     ms = (
         soft_cross_entropy(z_vis_v0, y_vis)
         + soft_cross_entropy(z_vis_v1, y_vis)
         + soft_cross_entropy(z_ir_r, y_ir)
     )
-    if space.other_is_visible:
-        ms = ms + soft_cross_entropy(space.other.logits(f_v0), y_other) + soft_cross_entropy(space.other.logits(f_v1), y_other)
-    else:
-        ms = ms + soft_cross_entropy(space.other.logits(f_r), y_other)
+    for z in z_other:
+        ms = ms + soft_cross_entropy(z, y_other)
     ma = soft_cross_entropy(z_x_v0, y_vis) + soft_cross_entropy(z_x_v1, y_vis) + soft_cross_entropy(z_x_r, y_ir)
     parts = {"intra": ms, "cross": ma}
     if use_oclr:
         def sce(p, q):
             return oclr_term(p, q, ratio=oclr_ratio, detach=oclr_detach)
 
+        # read-only targets, read after every labelled read (see above)
+        z_ir_v0, z_ir_v1, z_vis_r = space.infrared.logits(f_v0), space.infrared.logits(f_v1), space.visible.logits(f_r)
         # Cross-view for the visible terms; each modality-specific memory refines all three inputs (§7).
         parts["oclr"] = (
             sce(z_x_v0, z_vis_v1)
             + sce(z_x_v1, z_vis_v0)
             + sce(z_x_r, z_ir_r)
-            + sce(z_x_v0, space.infrared.logits(f_v1))
-            + sce(z_x_v1, space.infrared.logits(f_v0))
-            + sce(z_x_r, space.visible.logits(f_r))
+            + sce(z_x_v0, z_ir_v1)
+            + sce(z_x_v1, z_ir_v0)
+            + sce(z_x_r, z_vis_r)
         )
     parts["total"] = sum(parts.values())
     return parts

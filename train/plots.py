@@ -1,4 +1,5 @@
-"""PNG plots of a run's metrics.jsonl: losses, cluster counts, pseudo-label quality and test accuracy."""
+"""PNG plots of a run's metrics.jsonl: losses, cluster counts, pseudo-label quality, test accuracy and, once MULT
+has run, the convergence of its label propagation."""
 
 from __future__ import annotations
 
@@ -17,8 +18,40 @@ def _series(entries: list[dict], *keys: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+SPACES = (("visible_space", "visible space", "-"), ("infrared_space", "infrared space", "--"))
+
+
+def _propagation_panels(ax_change, ax_steps, entries: list[dict]) -> None:
+    """MULT's fixed-point iteration per epoch (METHOD.md §4.5): the stopping test's value per iteration, one line per
+    epoch and label space (colour = epoch), against the tolerance; and the iterations used against the cap."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    runs = [e for e in entries if e.get("propagation")]
+    epochs = [e["epoch"] + 1 for e in runs]
+    norm, cmap = Normalize(min(epochs), max(epochs) + 1e-9), plt.get_cmap("viridis")
+    for e, epoch in zip(runs, epochs):
+        for key, name, style in SPACES:
+            change = e["propagation"][key]["change"]
+            ax_change.semilogy(range(1, len(change) + 1), change, style, color=cmap(norm(epoch)), alpha=0.8,
+                               label=name if epoch == epochs[0] else None)
+    ax_change.axhline(runs[-1]["propagation"]["tol"], color="grey", linestyle=":", label="tolerance")
+    ax_change.set(title="label propagation: change per iteration", xlabel="iteration (colour: epoch)",
+                  ylabel="relative L1 change")
+    ax_change.legend(fontsize=8)
+    bar = plt.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_change, label="epoch")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    for key, name, style in SPACES:
+        ax_steps.plot(*_series(runs, "propagation", key, "steps"), style, marker="o", label=name)
+    ax_steps.axhline(runs[-1]["propagation"]["max_iter"], color="grey", linestyle=":", label="max_iter")
+    ax_steps.set(title="label propagation: iterations used", xlabel="epoch", ylim=(0, None))
+    ax_steps.legend(fontsize=8)
+
+
 def plot_run(run) -> None:
-    """Write ``run.plot_path`` (2x2 panels) from ``run.metrics()``; epochs are 1-based, 0 = before training."""
+    """Write ``run.plot_path`` from ``run.metrics()``: 2x2 panels, plus a column on MULT's label propagation once it
+    has run; epochs are 1-based, 0 = before training."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +61,8 @@ def plot_run(run) -> None:
     entries = list(run.metrics())
     if not entries:
         return
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    propagation = any(e.get("propagation") for e in entries)
+    fig, axes = plt.subplots(2, 3 if propagation else 2, figsize=(16.5 if propagation else 11, 7.5))
     ax = axes[0, 0]
     for key in sorted({k for e in entries for k in e if k.startswith("loss")}):
         ax.plot(*_series(entries, key), marker="o", label=key.replace("loss_", "") if key != "loss" else "total")
@@ -58,6 +92,8 @@ def plot_run(run) -> None:
     ax.set(title="test accuracy (%)", xlabel="epoch (0 = untrained)")
     if protocols:
         ax.legend(fontsize=8)
+    if propagation:
+        _propagation_panels(axes[0, 2], axes[1, 2], entries)
     for a in axes.flat:
         a.grid(alpha=0.3)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers

@@ -44,6 +44,9 @@ class EpochLabels:
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # y_rgb, y_ir, y_rgb_cm, y_ir_cm
     # MULT only, diagnostics only: the cross labels before propagation (LabelTransferResult.initial_cross)
     initial_cm_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    # MULT only, diagnostics only: the propagation's change per iteration in both label spaces
+    # (LabelTransferResult.info["propagation"], METHOD.md §4.5)
+    propagation: dict[str, object] = field(default_factory=dict)
 
     @property
     def cross_modal(self) -> bool:
@@ -91,12 +94,15 @@ def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig
     return EpochLabels(
         vis, ir, hard["visible"], hard["infrared"], hard["visible_to_infrared"], hard["infrared_to_visible"],
         targets={"y_rgb": y_rgb, "y_ir": y_ir, "y_rgb_cm": y_rgb_cm, "y_ir_cm": y_ir_cm},
-        initial_cm_labels=result.initial_cross)
+        initial_cm_labels=result.initial_cross, propagation=result.info.get("propagation", {}))
 
 
 def label_diagnostics(labels: EpochLabels, pids_v: np.ndarray, pids_r: np.ndarray) -> dict[str, object]:
-    """Cluster counts always; quality against ground truth when it is known (diagnostics only)."""
+    """Cluster counts always; MULT's propagation convergence when it ran; quality against ground truth when it is
+    known (diagnostics only)."""
     out: dict[str, object] = {"clusters_v": labels.visible.num_clusters, "clusters_r": labels.infrared.num_clusters}
+    if labels.propagation:
+        out["propagation"] = labels.propagation
     for name, clusters, final, pids in (("v", labels.visible, labels.labels_v, pids_v),
                                         ("r", labels.infrared, labels.labels_r, pids_r)):
         quality = clustering_quality(clusters.labels, pids)

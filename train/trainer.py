@@ -189,16 +189,22 @@ class Trainer:
         return self.dist.broadcast(labels)
 
     def build_memories(self, labels: EpochLabels) -> dict[str, ClusterMemory]:
-        """Two memories in stage 1; the six of METHOD.md §6.2 in stage 2, all from the DBSCAN centres."""
+        """Two memories in stage 1; the six of METHOD.md §6.2 in stage 2, all from the DBSCAN centres.
+
+        Every memory writes every rank's samples (gathered), when ``cfg.memory_update`` says (train/memory.py).
+        """
         cfg = self.cfg
         cv, cr = (_to_tensor(c.centres, self.device) for c in (labels.visible, labels.infrared))
         if cv.shape[0] == 0 or cr.shape[0] == 0:
             raise RuntimeError("DBSCAN found no cluster in one modality; lower eps or train longer first")
-        mems = {"v": ClusterMemory(cv, cfg.temp, cfg.momentum), "r": ClusterMemory(cr, cfg.temp, cfg.momentum)}
+
+        def memory(centres: torch.Tensor, momentum: float) -> ClusterMemory:
+            return ClusterMemory(centres, cfg.temp, momentum, update=cfg.memory_update, gather=self.dist.gather_rows)
+
+        mems = {"v": memory(cv, cfg.momentum), "r": memory(cr, cfg.momentum)}
         if labels.cross_modal:
-            mems.update(rcm=ClusterMemory(cv, cfg.temp, cfg.momentum), vcm=ClusterMemory(cr, cfg.temp, cfg.momentum),
-                        va=ClusterMemory(cv, cfg.temp, cfg.momentum_cross),
-                        ra=ClusterMemory(cr, cfg.temp, cfg.momentum_cross))
+            mems.update(rcm=memory(cv, cfg.momentum), vcm=memory(cr, cfg.momentum), va=memory(cv, cfg.momentum_cross),
+                        ra=memory(cr, cfg.momentum_cross))
         return mems
 
     def train_epoch(self, epoch: int, stage: str, labels: EpochLabels, mems: dict[str, ClusterMemory]) -> dict:
@@ -233,19 +239,14 @@ class Trainer:
             f_v, f_r = f_v.float(), f_r.float()
             f_v0, f_v1 = f_v.chunk(2)
             if labels.cross_modal:
-                space = (UnifiedSpace(mems["v"], mems["rcm"], mems["va"], mems["r"], other_is_visible=False) if even
-                         else UnifiedSpace(mems["vcm"], mems["r"], mems["ra"], mems["v"], other_is_visible=True))
-                y_vis = targets["y_rgb"][vi] if even else targets["y_rgb_cm"][vi]
-                y_ir = targets["y_ir_cm"][ri] if even else targets["y_ir"][ri]
-                y_other = targets["y_ir"][ri] if even else targets["y_rgb"][vi]
-                parts = amirl_loss(space, f_v0, f_v1, f_r, y_vis, y_ir, y_other, use_oclr=cfg.oclr,
-                                   oclr_ratio=cfg.oclr_ratio, oclr_detach=cfg.oclr_detach)
+                parts = self._stage_two_loss(mems, targets, hard, even, f_v0, f_v1, f_r, vi, ri)
             else:
                 parts = {"total": dcl_loss(mems["v"], mems["r"], f_v0, f_v1, f_r, hard["v"][vi], hard["r"][ri])}
             self.optimizer.zero_grad(set_to_none=True)
-            parts["total"].backward()
+            parts["total"].backward()  # memory_update "official": the memories are written in here
             self.optimizer.step()
-            self._update_memories(mems, hard, even, f_v0, f_v1, f_r, vi, ri)
+            for memory in mems.values():
+                memory.write_pending()  # memory_update "after-step": now, in forward order
             values = {k: v.detach().item() for k, v in parts.items()}
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -257,25 +258,21 @@ class Trainer:
         """Which §3.2 pipelines to use: stage 1's, unless the config asks for the lighter stage-2 ones."""
         return 1 if stage == "dcl" and self.cfg.stage_one_augment == "paper" else 2
 
-    @torch.no_grad()
-    def _update_memories(self, mems, hard: dict[str, torch.Tensor], even: bool, f_v0, f_v1, f_r, vi, ri) -> None:
-        """Hard-label momentum updates (METHOD.md §6.2 table), with every rank's batch so memories agree."""
-        gather = self.dist.gather_rows
-        vis_rows = torch.cat([vi, vi])  # both visible views of each sampled image
-        f_vis, f_ir = gather(torch.cat([f_v0, f_v1]).detach()), gather(f_r.detach())
-        own_v, own_r = gather(hard["v"][vis_rows]), gather(hard["r"][ri])
-        mems["v"].update(f_vis, own_v)
-        mems["r"].update(f_ir, own_r)
-        if "cm_v" not in hard:
-            return
-        if even:
-            cm_r = gather(hard["cm_r"][ri])
-            mems["rcm"].update(f_ir, cm_r)
-            mems["va"].update(torch.cat([f_vis, f_ir]), torch.cat([own_v, cm_r]))
-        else:
-            cm_v = gather(hard["cm_v"][vis_rows])
-            mems["vcm"].update(f_vis, cm_v)
-            mems["ra"].update(torch.cat([f_vis, f_ir]), torch.cat([cm_v, own_r]))
+    def _stage_two_loss(self, mems: dict[str, ClusterMemory], targets: dict[str, torch.Tensor],
+                        hard: dict[str, torch.Tensor], even: bool, f_v0, f_v1, f_r, vi, ri) -> dict[str, torch.Tensor]:
+        """AMIRL + OCLR of this epoch's parity (METHOD.md §6.2-6.3, §7): the unified space's memories, and the soft
+        targets and hard labels (which write the memories) of its visible, infrared and other-memory samples."""
+        if even:  # visible label space
+            space = UnifiedSpace(mems["v"], mems["rcm"], mems["va"], mems["r"], other_is_visible=False)
+            soft = (targets["y_rgb"][vi], targets["y_ir_cm"][ri], targets["y_ir"][ri])
+            labels = (hard["v"][vi], hard["cm_r"][ri], hard["r"][ri])
+        else:  # infrared label space
+            space = UnifiedSpace(mems["vcm"], mems["r"], mems["ra"], mems["v"], other_is_visible=True)
+            soft = (targets["y_rgb_cm"][vi], targets["y_ir"][ri], targets["y_rgb"][vi])
+            labels = (hard["cm_v"][vi], hard["r"][ri], hard["v"][vi])
+        cfg = self.cfg
+        return amirl_loss(space, f_v0, f_v1, f_r, *soft, labels=labels, use_oclr=cfg.oclr, oclr_ratio=cfg.oclr_ratio,
+                          oclr_detach=cfg.oclr_detach)
 
     def evaluate(self) -> dict:
         """The dataset's test protocol on the current weights (rank 0; flip-averaged features)."""
