@@ -277,11 +277,20 @@ def test_empty_existing_folder_is_filled(tmp_path):
     assert summary.total_images == 80 and len(list(out.glob("*/*/*.bmp"))) == 80
 
 
+def _default_sigint() -> None:
+    """Give the child the SIGINT a user's shell gives it. In the full suite the pytest process has been seen to
+    carry an ignored or blocked SIGINT (left by an earlier test's library; the child then rendered all 26,940
+    images and exited 0), and both are inherited across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_interrupted_run_leaves_nothing(tmp_path):
     out = tmp_path / "big"
     command = [sys.executable, "-m", "mult", "data", "synth", "--out", str(out), "--ids", "300", "--height", "128",
                "--width", "64", "--workers", "1", "--json"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 60
         while not any(tmp_path.glob(".big.partial-*/cam*/*/*.jpg")):  # wait until it is mid-way writing
