@@ -24,8 +24,8 @@ Echo = Callable[[str], None]
 
 DEMO_HEAT_FROM_COLOUR = 1.0
 # Measured with the same preset on the standard gap (docs/RESULTS.md, "The demo's model"); shown on the page.
-STANDARD_GAP_NOTE = ("On the standard gap (`--heat-from-colour 0`) the same recipe reaches R1 13.6 / mAP 18.8 "
-                     "(untrained start 10.9 / 14.9); chance R1 on 20 people is about 5.")
+STANDARD_GAP_NOTE = ("On the standard gap (`--heat-from-colour 0`) the same recipe reaches R1 10.8 / mAP 18.2 "
+                     "(untrained start 10.8 / 14.9); chance R1 on 20 people is about 5.")
 
 
 @dataclass(frozen=True)
