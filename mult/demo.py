@@ -157,24 +157,30 @@ def served_accuracy(opts: DemoOptions, server_url: str) -> dict[str, float]:
     return summary.mean.as_dict()
 
 
-def accuracy_line(served: dict[str, Any], start: Optional[dict[str, Any]]) -> str:
+def accuracy_line(served: dict[str, Any], start: Optional[dict[str, Any]], label: str = "test all-search") -> str:
     """One line: the served model's all-search R1 / mAP / mINP beside the untrained start's."""
     def triple(row: dict[str, Any]) -> str:
         return f"{row['rank1']:.1f} / {row['mAP']:.1f} / {row['mINP']:.1f}"
 
     before = triple(start) if start else "not evaluated"
-    return f"test all-search R1 / mAP / mINP: served model {triple(served)}  (untrained start {before})"
+    return f"{label} R1 / mAP / mINP: served model {triple(served)}  (untrained start {before})"
+
+
+def gap_description(heat_from_colour: float) -> str:
+    """The SynthVI modality gap in words, for the page."""
+    if heat_from_colour == 0.0:
+        return "the standard modality gap"
+    if heat_from_colour == 1.0:
+        return "the easier modality gap (`--heat-from-colour 1`: infrared heat follows visible luminance)"
+    return f"`--heat-from-colour {heat_from_colour:g}`"
 
 
 def page_about(opts: DemoOptions, accuracy: str) -> str:
-    """What the page says about its data and model: the SynthVI setting, the measured accuracy, and the standard
-    gap's result for comparison (docs/RESULTS.md)."""
-    gap = ("the easier modality gap (`--heat-from-colour 1`: infrared heat follows visible luminance)"
-           if opts.heat_from_colour == 1.0 else f"`--heat-from-colour {opts.heat_from_colour:g}`"
-           if opts.heat_from_colour else "the standard modality gap")
+    """What the page says about its data and model: the SynthVI setting, the measured ``accuracy`` line, and the
+    standard gap's result for comparison (docs/RESULTS.md)."""
     return (f"**Demo data:** SynthVI, synthetic people rendered on this machine ({opts.ids} identities, 20 % of them "
-            f"held out for testing), with {gap}. **Model:** the `{opts.preset}` preset, trained here without labels "
-            f"(MULT + OCLR). {accuracy.replace('test all-search', 'Held-out test, all-search')}. {STANDARD_GAP_NOTE}")
+            f"held out for testing), with {gap_description(opts.heat_from_colour)}. **Model:** the `{opts.preset}` "
+            f"preset, trained here without labels (MULT + OCLR). {accuracy}. {STANDARD_GAP_NOTE}")
 
 
 def run_demo(opts: DemoOptions, echo: Echo = print) -> str:
@@ -200,14 +206,15 @@ def run_demo(opts: DemoOptions, echo: Echo = print) -> str:
                 build_gallery(opts, server.url, echo)
                 echo(f"   {time.time() - t:.0f} s")
                 t = _step(echo, "5/6 evaluate the served model (SYSU all-search, 10 trials, through Triton)")
-                accuracy = accuracy_line(served_accuracy(opts, server.url), untrained_accuracy(opts))
+                served, start = served_accuracy(opts, server.url), untrained_accuracy(opts)
                 echo(f"   {time.time() - t:.0f} s")
                 _step(echo, "6/6 the search page")
+                about = page_about(opts, accuracy_line(served, start, label="Held-out test, all-search"))
                 handle = launch_app(opts.gallery, server=server.url, host=opts.host, port=opts.port, top_k=opts.top_k,
-                                    about=page_about(opts, accuracy))
+                                    about=about)
                 url = handle.url
                 try:
-                    echo(accuracy)
+                    echo(accuracy_line(served, start))
                     echo(f"ready in {time.time() - started:.0f} s: open {url}  (Ctrl-C stops the page and the server)")
                     if not opts.ready_only:
                         while True:

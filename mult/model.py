@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mult.backbones import (ARCHS, PretrainedWeightsWarning, build_backbone, check_arch, imagenet_weights_file,
-                            split_imagenet_state)
+from mult.backbones import PretrainedWeightsWarning, build_backbone, imagenet_weights_file, split_imagenet_state
 from mult.io import PathLike
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -139,8 +138,8 @@ class TwoStreamEncoder(nn.Module):
 
     def __init__(self, arch: str = "resnet50", pretrained: Optional[PathLike] = None, last_stride: int = 1) -> None:
         super().__init__()
-        self.arch = check_arch(arch)
-        backbone = build_backbone(arch, last_stride)
+        backbone = build_backbone(arch, last_stride)  # checks arch and last_stride
+        self.arch = arch
         self.visible_stem = backbone.stem
         self.infrared_stem = copy.deepcopy(backbone.stem)  # same start, separate parameters (the reference's)
         self.trunk = backbone.trunk
