@@ -44,10 +44,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from mult.data.images import DEFAULT_MAX_BYTES, is_image_file, load_image, load_image_bytes
+from mult.data.images import DEFAULT_MAX_BYTES, load_image, load_image_bytes, scan_image_files
 from mult.data.records import Modality, Record
 from mult.errors import MultError, ServerUnavailable
 from mult.interrupts import sigterm_as_interrupt
+from mult.processes import exposure_note
 from mult.serving.encoders import RESAMPLE, open_encoder
 from mult.serving.gallery import Gallery, Hit, check_same_model, encoder_info
 from mult.serving.query_ids import KnownImages, source_records
@@ -227,11 +228,12 @@ def frame_width(image: Image.Image) -> int:
 
 
 def folder_examples(folder: PathLike, n: int = N_EXAMPLES) -> list[str]:
-    """The first ``n`` image files (sorted) directly inside ``folder``."""
+    """The first ``n`` image files (sorted) directly inside ``folder`` (regular files only, so a FIFO named
+    ``*.jpg`` is never opened)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise MultError(f"{root}: no examples folder here; pass a folder of query images")
-    return [str(p) for p in sorted(root.iterdir()) if p.is_file() and is_image_file(p.name)][:n]
+    return [str(root / name) for name in scan_image_files(root, recursive=False).files][:n]
 
 
 @dataclass(frozen=True)
@@ -520,8 +522,9 @@ def run_app(gallery_dir: PathLike, *, server: Optional[str] = None, local: Optio
         try:
             echo(f"search page at {handle.url}" + (f" (public link {handle.share_url})" if handle.share_url else ""))
             echo("  " + re.sub(r"[*`]", "", handle.blocks.mult_service.summary().splitlines()[0]))
-            if host not in ("127.0.0.1", "localhost", "::1"):
-                echo(f"  note: bound to {host}, so other machines can reach the page; it has no login")
+            note = exposure_note(host, "the page")
+            if note:
+                echo(f"  {note}")
             echo("Press Ctrl-C to stop.")
             while True:
                 time.sleep(0.5)

@@ -26,12 +26,12 @@ around them): its gain is for GPU hosts; on CPU the INT8 row is the one to read.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from benchmarks.harness import cpu_model, write_json
+from benchmarks.harness import cpu_model, run_in_workdir
 from mult.backbones import ARCHS
 from mult.errors import MultError
 
@@ -51,6 +51,17 @@ FLIP = True  # exported as served by default: mirror-averaged embeddings (the ba
 QUICK = {"arch": "resnet18", "height": 64, "width": 32, "repeats": 2, "requests_per_client": 1,
          "calibration_images": 8, "synth_ids": 10, "synth_per_camera": 3}
 FULL_SYNTH = {"synth_ids": 40, "synth_per_camera": 4}
+
+
+def restamp_onnx_hash(onnx_path: Path) -> None:
+    """The manifest beside a model converted in place records the new file's sha256 (loaders check it)."""
+    from mult.export.layout import MANIFEST_FILE
+    from mult.io import file_sha256, write_text_atomic
+
+    manifest_path = onnx_path.parent / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["onnx_sha256"] = file_sha256(onnx_path)
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------
@@ -214,6 +225,7 @@ def export_all(source: Path, cfg: Any, work: Path, args: argparse.Namespace, *,
                                                            n=args.calibration_images)
                     to_int8(onnx_path, onnx_path, images)
                     calibration = {"count": len(images), "source": note, "gated": False}
+                restamp_onnx_hash(onnx_path)
                 paths[modality] = onnx_path
         out[precision] = {
             "repo": work / f"repo_{precision}",
@@ -414,21 +426,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="mult-bench-serving-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run(args, work)
-    except MultError as err:
-        print(f"bench_serving: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
-    print(render(result))
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return 0
+    return run_in_workdir("bench_serving", parse_args(argv), run, render)
 
 
 if __name__ == "__main__":

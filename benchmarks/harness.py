@@ -4,11 +4,14 @@ its own, reports one JSON line, and the parent writes one JSON result file."""
 from __future__ import annotations
 
 import json
+import shutil
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +57,26 @@ def write_json(path: Path, payload: dict) -> None:
     from mult.io import write_text_atomic
 
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def run_in_workdir(name: str, args: Any, run: Callable[[Any, Path], dict], render: Callable[[dict], str],
+                   passed: Callable[[dict], bool] = lambda result: True) -> int:
+    """The shared ``main`` of the benchmarks with a work folder: ``run(args, work)`` in ``args.work`` (or a
+    temporary folder, removed afterwards), print ``render(result)``, write it to ``args.out``; exit status 2 on a
+    MultError (one line), 1 when ``passed(result)`` is false."""
+    from mult.errors import MultError
+
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"mult-{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(args, work)
+    except MultError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(render(result))
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0 if passed(result) else 1

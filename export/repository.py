@@ -27,7 +27,6 @@ The local ``mult serve`` server has only the python backend (ENVIRONMENT.md); it
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -54,7 +53,8 @@ from mult.export.layout import (
 )
 from mult.export.onnx_export import DEFAULT_OPSET, ParityReport, export_onnx, parity_check
 from mult.export.quantize import check_precision, parity_tolerances, to_fp16, to_int8
-from mult.io import PathLike, write_text_atomic
+from mult.io import PathLike, file_sha256, write_text_atomic
+from mult.processes import owner_tag, remove_stale
 
 #: Number of images the parity check runs (batch 1 and batch N, N odd so it differs from any export batch).
 PARITY_IMAGES = 7
@@ -195,13 +195,6 @@ def next_version(repo: Path) -> int:
 # ---- inputs --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def _checkpoint_file(source: Path) -> Path:
     if source.is_dir():
@@ -341,7 +334,8 @@ def _prepare_repo(repo: Path) -> None:
 def _make_temp_dir(parent: Path, version: int) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-v{version}-", dir=parent))
+        # The owner tag lets a later export tell this folder from a killed export's litter (remove_stale).
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-v{version}-{owner_tag()}", dir=parent))
     except OSError as err:
         raise MultError(f"{parent}: cannot create a version folder ({err.strerror}); check permissions") from None
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a Triton container usually runs as another user
@@ -432,6 +426,8 @@ def write_model_repository(
         calibration = {m: int8_calibration_images(m, cfg, height, width, calibration_dir=calibration_dir,
                                                   n=calibration_count) for m in MODEL_NAMES}
     _prepare_repo(repo)
+    for name in MODEL_NAMES.values():  # staged versions of exports killed mid-write (tens of MB each)
+        remove_stale(repo / name, ".tmp-v*")
     if version is None:
         version = next_version(repo)
     elif int(version) < 1:

@@ -180,7 +180,6 @@ def train(
     """
     from mult.config import TrainConfig, preset_config
     from mult.train.run import RunDir
-    from mult.train.trainer import Trainer
 
     if resume:
         cfg = RunDir(out).config() if RunDir(out).config_path.is_file() else None
@@ -204,12 +203,15 @@ def train(
             cfg.epochs = cfg.stage_one_epochs
         if sets:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), **_parse_sets(sets)})
+        cfg.validate()  # the flags above set fields directly (e.g. --stage dcl: epochs = stage_one_epochs)
         if not cfg.data_root:
             raise MultError("--data-root is required (the dataset folder); see `mult data synth` for test data")
         if stage is Stage.mult and from_run is None:
             raise MultError("--stage mult needs --from RUN_DIR (a finished stage-1 run)")
         if RunDir(out).checkpoint_path.is_file():
             raise MultError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    from mult.train.trainer import Trainer  # imported after the config checks: they answer without the wait
+
     result = Trainer(cfg, out, resume=resume, init_from=from_run).fit()
     if as_json:
         _print_json(result)

@@ -7,16 +7,83 @@ can be overridden from the command line (``mult train --set field=value`` or the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from mult.errors import MultError
 from mult.io import write_text_atomic
 
 #: When the cluster memories are written (TrainConfig.memory_update; mult.train.memory explains both).
 MEMORY_UPDATES = ("official", "after-step")
+#: Cross-modality associations of stage 2 (mult.train.pseudo_labels).
+ASSOCIATIONS = ("mult", "ot", "hungarian", "none", "oracle")
+
+#: A field's check and the words that say what it accepts.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not the integer 1 here
+
+
+def _integer(lo: int, hi: Optional[int] = None) -> Rule:
+    text = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+    return (lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi)), text
+
+
+def _number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Rule:
+    def check(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return (v > lo if lo_open else v >= lo) and v <= hi
+
+    if hi == math.inf:
+        return check, f"a number {'>' if lo_open else '>='} {lo:g}"
+    return check, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+
+def _choice(*names: str) -> Rule:
+    return (lambda v: isinstance(v, str) and v in names), "one of " + " | ".join(names)
+
+
+_BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
+_TEXT: Rule = (lambda v: isinstance(v, str), "text")
+
+
+@functools.lru_cache(maxsize=None)
+def field_rules() -> dict[str, Rule]:
+    """What each TrainConfig field accepts: checked when a config is built, so a bad value stops a run
+    before any data is read (not minutes later, inside the step that first uses it)."""
+    from mult.backbones import ARCHS  # imports torch: only when a config is built
+
+    unit, positive = _number(0.0, 1.0), _number(0.0, lo_open=True)
+    return {
+        "dataset": _choice("sysu", "regdb"), "data_root": _TEXT, "regdb_split": _integer(1, 10),
+        "height": _integer(16), "width": _integer(16),  # the backbones downsample 16x (see export's size check)
+        "workers": _integer(0), "arch": _choice(*ARCHS),
+        "pretrained": ((lambda v: v is None or (isinstance(v, str) and bool(v.strip()))),
+                       "imagenet, none (null) or the path of a .pth file"),
+        "calibrate_bn": _BOOL, "stage_one_augment": _choice("paper", "light"),
+        "epochs": _integer(1), "stage_one_epochs": _integer(0), "iters_stage_one": _integer(1),
+        "iters_stage_two": _integer(1), "lr": positive, "weight_decay": _number(0.0),
+        "lr_milestones": ((lambda v: isinstance(v, (list, tuple)) and all(_is_int(m) and m >= 0 for m in v)),
+                          "a list of epochs (integers >= 0), e.g. [20,60]"),
+        "lr_gamma": _number(0.0, 1.0, lo_open=True), "num_ids": _integer(1), "num_instances": _integer(1),
+        "eps": positive, "min_samples": _integer(1), "k1": _integer(1), "k2": _integer(1),
+        "temp": positive, "momentum": unit, "momentum_cross": unit, "memory_update": _choice(*MEMORY_UPDATES),
+        "association": _choice(*ASSOCIATIONS), "oracle_accuracy": unit, "alpha": unit, "beta": unit,
+        "ot_lambda": positive, "lp_iters": _integer(1), "lp_tol": _number(0.0), "homogeneous": _BOOL,
+        "oclr": _BOOL, "oclr_ratio": positive, "oclr_detach": _BOOL, "eval_every": _integer(0),
+        "eval_trials": _integer(1), "seed": _integer(0),
+        "device": ((lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None),
+                   "auto | cpu | cuda | cuda:N"),
+        "amp": _BOOL, "preset": _TEXT, "extra": ((lambda v: isinstance(v, dict)), "a JSON object"),
+    }
 
 
 @dataclass
@@ -79,9 +146,21 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.memory_update not in MEMORY_UPDATES:
-            raise MultError(f"memory_update must be one of {' | '.join(MEMORY_UPDATES)}, got {self.memory_update!r}; "
-                            "e.g. --set memory_update=after-step")
+        self.validate()
+
+    def validate(self) -> None:
+        """One-line MultError for the first field outside its range (:func:`field_rules`); integers given for
+        float fields become floats and a milestone list a tuple. Runs whenever a config is built or replaced."""
+        rules = field_rules()
+        for f in fields(self):
+            value = getattr(self, f.name)
+            check, accepted = rules[f.name]
+            if not check(value):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                raise MultError(f"config field {f.name} must be {accepted}, got {value!r} (default {default!r})")
+            if f.type == "float":
+                setattr(self, f.name, float(value))
+        self.lr_milestones = tuple(self.lr_milestones)
 
     def lr_at(self, epoch: int) -> float:
         """Step schedule on the absolute epoch index (stage 2 starts at 3.5e-5, never 3.5e-4)."""
@@ -107,9 +186,7 @@ class TrainConfig:
             data.setdefault("arch", data.pop("depth"))
         # runs saved before the field existed wrote their memories after the step: resume them the same way
         data.setdefault("memory_update", "after-step")
-        if "lr_milestones" in data:
-            data["lr_milestones"] = tuple(data["lr_milestones"])
-        return cls(**data)
+        return cls(**data)  # validate() checks every value (and makes lr_milestones a tuple)
 
     def with_overrides(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -125,6 +202,8 @@ class TrainConfig:
             raise MultError(f"{path}: no config.json; is this a run directory made by `mult train`?") from None
         except json.JSONDecodeError as err:
             raise MultError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        except MultError as err:  # a bad or unknown field: say which file holds it
+            raise MultError(f"{path}: {err}") from None
 
 
 # Presets change only what they list. `synth-demo` and `tiny` are CPU-sized. synth-demo is what `mult demo` trains

@@ -4,6 +4,8 @@ so an interrupted run never leaves a half-written checkpoint, config, index or e
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +13,32 @@ from typing import Iterator, Union
 
 #: Anything that names a file: a str or an os.PathLike (pathlib.Path, ...).
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: A full disk, a spent quota and a file-size limit (RLIMIT_FSIZE) are one problem to the user: no room to write.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+#: Permission problems (a read-only folder or file system) are the other write failure a user can fix alone.
+NO_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@contextlib.contextmanager
+def write_failure_as_error(where: PathLike, unchanged: str) -> Iterator[None]:
+    """Turn a write inside the block that found no room (:data:`NO_SPACE_ERRNOS`) or no permission
+    (:data:`NO_PERMISSION_ERRNOS`) into one MultError line naming ``where``, what to do and what was left as it
+    was (``unchanged``); other errors pass through."""
+    from mult.errors import MultError
+
+    try:
+        yield
+    except OSError as err:
+        if err.errno in NO_SPACE_ERRNOS:
+            problem, todo = "no space left on the device", "free space and rerun"
+        elif err.errno in NO_PERMISSION_ERRNOS:
+            problem, todo = "not allowed to write there", "choose a folder you can write to or fix its permissions"
+        else:
+            raise
+        raise MultError(f"{where}: {problem} ({err.strerror}); {todo}; {unchanged}") from None
 
 
 @contextlib.contextmanager
@@ -50,3 +78,12 @@ def read_dataset_text(path: Path, missing_hint: str) -> str:
         raise MultError(f"{path}: missing; {missing_hint}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise MultError(f"{path}: cannot be read ({type(err).__name__}); restore it from the dataset archive") from None
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in 1 MiB blocks (torch- and faiss-free: every layer may use it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -23,12 +23,12 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
-from mult.io import PathLike
+from mult.io import PathLike, file_sha256
 from mult.data.images import load_image
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -36,6 +36,47 @@ from mult.errors import MultError
 
 #: The resample filter of the evaluation transform (torchvision Resize on a PIL image = Pillow BILINEAR).
 RESAMPLE = Image.Resampling.BILINEAR
+
+#: Export-manifest fields that say which weights a served version holds. ``mult serve`` publishes them per version
+#: in the runtime config's parameters (:func:`identity_parameter`), so a Triton client reads what the server
+#: serves rather than what a repository on this machine holds.
+IDENTITY_FIELDS: tuple[str, ...] = ("onnx_sha256", "source_sha256", "precision", "flip", "arch")
+#: The fields the two stems of one version must share: one checkpoint, one conversion, one flip setting.
+STREAM_FIELDS: tuple[str, ...] = ("source_sha256", "precision", "flip", "arch")
+
+
+
+def identity_parameter(version: int, field: str) -> str:
+    """Name of the Triton config parameter carrying ``field`` of version ``version``'s manifest."""
+    return f"mult.v{int(version)}.{field}"
+
+
+def identity_value(value: Any) -> str:
+    """Manifest values compared as text: JSON's booleans (a served config carries strings only)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def export_identity(version: int, manifests: Mapping[Modality, Mapping[str, Any]], where: str) -> dict[str, Any]:
+    """The identity one encoder embeds with (what a gallery records and compares): version and, when known,
+    the checkpoint and both ONNX files' sha256.
+
+    ``manifests`` holds each stem's export manifest of ``version`` (only :data:`IDENTITY_FIELDS` are read; an
+    empty one means the server does not say). A MultError when the two stems were not exported together
+    (another checkpoint, precision or flip): their embeddings would not be comparable across modalities.
+    """
+    vis, ir = (manifests.get(m) or {} for m in (Modality.visible, Modality.infrared))
+    differing = [f for f in STREAM_FIELDS if f in vis and f in ir and identity_value(vis[f]) != identity_value(ir[f])]
+    if differing:
+        shown = ", ".join(f"{f} {identity_value(vis[f])[:12]!r} vs {identity_value(ir[f])[:12]!r}" for f in differing)
+        raise MultError(f"{where}: version {version} of mult_visible and mult_infrared come from different exports "
+                        f"({shown}); serve or export both stems from one checkpoint (`mult export RUN`)")
+    info: dict[str, Any] = {"version": int(version)}
+    if vis.get("source_sha256") or ir.get("source_sha256"):
+        info["source_sha256"] = str(vis.get("source_sha256") or ir.get("source_sha256"))
+    for modality, manifest in ((Modality.visible, vis), (Modality.infrared, ir)):
+        if manifest.get("onnx_sha256"):
+            info[f"onnx_sha256_{modality.value}"] = str(manifest["onnx_sha256"])
+    return info
 
 
 def as_modality(modality: Union[Modality, str]) -> Modality:

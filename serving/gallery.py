@@ -5,7 +5,8 @@ A gallery is a directory::
     GALLERY_DIR/index.faiss      faiss.write_index of an IndexIDMap2 over Flat / IVF-Flat / HNSW-Flat (inner product)
     GALLERY_DIR/metadata.jsonl   one JSON object per vector id, in id order: id, path, pid (or null), camid, modality
     GALLERY_DIR/manifest.json    format version, model, embedding size, count, index kind + params (+ recall@10
-                                 against exact search for approximate kinds), sha256 of both files, history
+                                 against exact search for approximate kinds), sha256 of both files, history,
+                                 and the sha256 of its own content (manifest_sha256)
 
 Embeddings are unit vectors, so inner product is cosine similarity and a score of 1 is the same image.
 Vector ids are the metadata row numbers: ``add`` appends ids ``count..count+M-1`` and never renumbers, so
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -51,7 +53,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from mult.io import PathLike
+from mult.io import PathLike, file_sha256
+from mult.processes import owner_tag, remove_stale
 from mult.data.folder import as_modality, read_folder
 from mult.data.records import Modality, Record
 from mult.errors import MultError
@@ -66,9 +69,18 @@ MANIFEST_FILE = "manifest.json"
 #: Manifest ``model`` keys that identify the weights: when both sides have one, they must agree.
 MODEL_IDENTITY_KEYS: tuple[str, ...] = (
     "name", "model_name", "version", "model_version", "weights_sha256", "arch", "flip", "height", "width",
+    "source_sha256", "onnx_sha256_visible", "onnx_sha256_infrared",
 )
+#: The exported graphs themselves: when both sides know them, a version number is only a folder name.
+GRAPH_KEYS: tuple[str, ...] = ("onnx_sha256_visible", "onnx_sha256_infrared")
+#: Manifest key holding the sha256 of the manifest's own content (every other key), checked at open.
+MANIFEST_CHECKSUM_KEY = "manifest_sha256"
 #: Images handed to the encoder per call (the encoder batches further inside).
 DEFAULT_CHUNK = 256
+#: A gallery folder absent this long while a writer waits for its lock was moved or deleted (a swap takes
+#: two renames, microseconds); how often the waiting writer checks.
+VANISHED_AFTER_S = 2.0
+LOCK_POLL_S = 0.1
 
 
 # ================================================================================================ records
@@ -79,11 +91,13 @@ def records_for_gallery(
     modality: Union[Modality, str] = Modality.infrared,
     *,
     regdb_split: int = 1,
+    skipped: Optional[list[str]] = None,
 ) -> list[Record]:
     """The images a gallery indexes: a plain folder, or a dataset's test images of one modality.
 
     * ``images_dir``: every image under the folder (recursively), ``pid`` from ``<pid>/`` sub-folders when
-      they are integers (:func:`mult.data.folder.read_folder`).
+      they are integers (:func:`mult.data.folder.read_folder`); entries it cannot index (FIFOs, names that
+      are not UTF-8, ...) are left out, one line each appended to ``skipped`` when given, else a warning.
     * ``dataset="sysu"`` + ``data_root``: all test-id images of ``modality`` in all its cameras (visible:
       cams 1, 2, 4, 5; infrared: cams 3, 6).
     * ``dataset="regdb"`` + ``data_root``: split ``regdb_split``'s test images of ``modality``.
@@ -94,7 +108,7 @@ def records_for_gallery(
     if (images_dir is None) == (dataset is None):
         raise MultError("give either a folder of images or a dataset (sysu/regdb) with its data root, not both")
     if images_dir is not None:
-        return read_folder(images_dir, wanted)
+        return read_folder(images_dir, wanted, skipped=skipped)
     name = str(dataset).strip().lower()
     if data_root is None:
         raise MultError(f"dataset {name!r} needs its data root (the folder holding the dataset)")
@@ -151,15 +165,27 @@ def encoder_info(encoder: Any) -> dict[str, Any]:
 def check_same_model(gallery_model: Mapping[str, Any], model: Mapping[str, Any], directory: PathLike) -> None:
     """MultError when an identity key (:data:`MODEL_IDENTITY_KEYS`) set in both descriptions differs.
 
-    Values compare as text (a local export's version 3 is a Triton client's "3"); empty values (e.g. a
-    Triton client asking for the latest version, "") say nothing and are skipped.
+    This is the one check between a gallery and the encoder about to search or extend it (``mult search``,
+    ``mult index add``, ``mult app``); both encoders describe the model they embed with in ``model_info``
+    (the local repository's version, or the version a Triton server serves, read from it, with the export's
+    checkpoint and ONNX sha256). Values compare as text (a local export's version 3 is a Triton client's
+    "3"); empty values (galleries built before a Triton client read the served version stored "") say nothing
+    and are skipped. When both sides know both ONNX files' sha256, those decide and the version numbers are not
+    compared (the same files copied to another version folder embed identically).
     """
     def known(info: Mapping[str, Any], key: str) -> bool:
         return info.get(key) not in (None, "")
 
-    differing = [key for key in MODEL_IDENTITY_KEYS
-                 if known(gallery_model, key) and known(model, key) and str(gallery_model[key]) != str(model[key])]
+    def differs(key: str) -> bool:
+        return known(gallery_model, key) and known(model, key) and str(gallery_model[key]) != str(model[key])
+
+    keys = MODEL_IDENTITY_KEYS
+    if all(known(gallery_model, k) and known(model, k) for k in GRAPH_KEYS):
+        keys = tuple(k for k in keys if k not in ("version", "model_version"))
+    differing = [key for key in keys if differs(key)]
     if differing:
+        if "version" not in differing and differs("version"):
+            differing.insert(0, "version")  # not what decided, but what a user recognises first
         shown = ", ".join(f"{k}: gallery {str(gallery_model[k])[:16]!r} vs encoder {str(model[k])[:16]!r}"
                           for k in differing)
         raise MultError(f"{directory}: the gallery was embedded with a different model ({shown}); "
@@ -212,12 +238,11 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
+def manifest_checksum(manifest: Mapping[str, Any]) -> str:
+    """sha256 of a manifest's content without its own checksum key (canonical JSON: sorted keys, no spaces)."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def _metadata_line(row: int, record: Record) -> str:
@@ -254,25 +279,36 @@ def read_metadata(path: Path) -> list[Record]:
     return records
 
 
+def _write_index_file(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` through a Python file. faiss's own file writer only prints a failed close, so a
+    full disk could leave a truncated index that the manifest then checksums as good; Python raises OSError."""
+    with open(path, "wb") as out:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
+
+
 def _write_gallery_files(directory: Path, index: faiss.Index, records: Sequence[Record], manifest: dict[str, Any],
                          *, old_metadata: Optional[Path] = None, old_count: int = 0) -> dict[str, Any]:
     """Write index, metadata (copying ``old_metadata``'s rows, then appending) and manifest into ``directory``."""
-    faiss.write_index(index, str(directory / INDEX_FILE))
+    _write_index_file(index, directory / INDEX_FILE)
     with open(directory / METADATA_FILE, "w", encoding="utf-8") as out:
         if old_metadata is not None:
             with open(old_metadata, encoding="utf-8") as old:
                 shutil.copyfileobj(old, out)
         out.writelines(_metadata_line(old_count + i, r) + "\n" for i, r in enumerate(records))
     manifest = dict(manifest)
-    manifest["files"] = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
+    manifest["files"] = {name: {"sha256": file_sha256(directory / name), "bytes": (directory / name).stat().st_size}
                          for name in (INDEX_FILE, METADATA_FILE)}
+    manifest[MANIFEST_CHECKSUM_KEY] = manifest_checksum(manifest)  # the file checksums above are covered too
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return manifest
 
 
 def _staging_dir(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    # Staging folders of writers killed mid-write (kill -9 runs no cleanup) are removed by the next writer;
+    # the owner tag in the name tells them from a live writer's.
+    remove_stale(target.parent, f".{glob.escape(target.name)}.*.tmp")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{owner_tag()}", suffix=".tmp", dir=target.parent))
     os.chmod(staging, 0o755)  # mkdtemp makes 0700; galleries are meant to be shared (e.g. with the app)
     return staging
 
@@ -300,26 +336,55 @@ def update_lock(target: Path) -> Iterator[None]:
     Without it, two ``mult index add`` runs would each write a new version from the same old one, and the
     second swap would drop the first run's images. A writer that waited may find its directory replaced by
     the other's new version; it then locks the new one. The lock goes with the process, however it ends.
+
+    A gallery folder moved or deleted meanwhile is a one-line MultError, for the writer that waits (once the
+    folder has been gone for :data:`VANISHED_AFTER_S`) and for the one holding the lock (its writes then fail).
     """
     told = False
+    gone_since: Optional[float] = None
+    moved = (f"{target}: the gallery folder was moved or deleted while this command waited to update it; nothing "
+             "was written: run it again on the gallery's new location")
+
+    def vanished() -> bool:  # absent longer than another writer's swap (two renames) can explain
+        nonlocal gone_since
+        if _stat_or_none(target) is not None:
+            gone_since = None
+            return False
+        gone_since = gone_since or time.monotonic()
+        return time.monotonic() - gone_since > VANISHED_AFTER_S
+
     while True:
         try:
             fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:  # between the two renames of another writer's swap
+        except (FileNotFoundError, NotADirectoryError):
+            if vanished():
+                raise MultError(moved) from None
             time.sleep(0.05)
             continue
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not told:
-                    print(f"{target}: another process is updating this gallery; waiting for it to finish",
-                          file=sys.stderr, flush=True)
-                    told = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            while True:  # polled rather than blocking, so a folder that vanishes meanwhile is noticed
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        print(f"{target}: another process is updating this gallery; waiting for it to finish",
+                              file=sys.stderr, flush=True)
+                        told = True
+                    if vanished():
+                        raise MultError(moved) from None
+                    time.sleep(LOCK_POLL_S)
             held, now = os.fstat(fd), _stat_or_none(target)
             if now is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-                yield
+                try:
+                    yield
+                except OSError as err:
+                    now = _stat_or_none(target)
+                    if now is None or (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                        raise MultError(f"{target}: the gallery folder was moved or deleted during this update "
+                                        f"({type(err).__name__}); nothing was added: run the command again on the "
+                                        "gallery's new location") from None
+                    raise
                 return
         finally:
             os.close(fd)
@@ -424,7 +489,7 @@ class Gallery:
             if path.stat().st_size != entry.get("bytes"):
                 raise MultError(f"{path}: {path.stat().st_size} bytes where the manifest says {entry.get('bytes')}; "
                                 "the file is truncated or was changed: rebuild the gallery")
-            if verify and sha256_file(path) != entry.get("sha256"):
+            if verify and file_sha256(path) != entry.get("sha256"):
                 raise MultError(f"{path}: checksum does not match the manifest; the file is corrupt or was edited: "
                                 "rebuild the gallery")
         try:
@@ -436,6 +501,12 @@ class Gallery:
         if not (index.ntotal == len(records) == count) or index.d != dim:
             raise MultError(f"{directory}: index holds {index.ntotal} {index.d}-d vectors, metadata {len(records)} rows, "
                             f"manifest says {count} {dim}-d; the gallery is inconsistent: rebuild it")
+        # Last, as the checks above name a problem more precisely; this one sees edits they cannot (e.g. the
+        # model a gallery was embedded with). Galleries written before the key existed have none.
+        stored = manifest.get(MANIFEST_CHECKSUM_KEY)
+        if stored is not None and stored != manifest_checksum(manifest):
+            raise MultError(f"{manifest_path}: its content does not match its own checksum ({MANIFEST_CHECKSUM_KEY}); "
+                            "it was edited or is corrupt: rebuild the gallery with `mult index build`")
         return cls(directory, index, records, manifest)
 
     # ------------------------------------------------------------------------------------------ info

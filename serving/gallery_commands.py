@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from mult.io import PathLike
+from mult.io import PathLike, write_failure_as_error
 from mult.data.folder import as_modality
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -59,10 +59,12 @@ class GalleryReport:
     added: Optional[int] = None
     skipped: Optional[int] = None
     seconds: Optional[float] = None
+    #: Entries of --images with an image name that were not indexed: one "path: why" line each.
+    left_out: Optional[list[str]] = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action, "gallery": self.info}
-        for key in ("added", "skipped", "seconds"):
+        for key in ("added", "skipped", "seconds", "left_out"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -93,6 +95,12 @@ class GalleryReport:
                          + (f", {self.seconds:.1f} s" if self.seconds is not None else ""))
         width = max(len(k) for k, _ in rows)
         lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        if self.left_out:
+            shown = self.left_out[:10]
+            lines.append(f"  left out {len(self.left_out):,} file(s) with an image name that cannot be indexed:")
+            lines += [f"    {line}" for line in shown]
+            if len(self.left_out) > len(shown):
+                lines.append(f"    ... and {len(self.left_out) - len(shown):,} more (--json lists them all)")
         return "\n".join(lines)
 
 
@@ -117,15 +125,19 @@ def index_build(
 ) -> GalleryReport:
     """``mult index build``: index a folder (``images``) or a dataset's test images of ``modality`` at ``out``."""
     spec = IndexSpec(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
-    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
+    left_out: list[str] = []
+    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split, skipped=left_out)
     source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else
               {"dataset": str(dataset), "data_root": os.path.abspath(os.fspath(data_root or "")),
                **({"regdb_split": regdb_split} if str(dataset).lower() == "regdb" else {})})
     source["modality"] = as_modality(modality).value
     started = time.perf_counter()
-    gallery = build_gallery(records, encoder, out, kind=spec, batch_size=batch_size, model_info=model_info,
-                            overwrite=overwrite, progress=progress, source=source)
-    return GalleryReport("build", gallery.info(), added=len(gallery), seconds=round(time.perf_counter() - started, 3))
+    unchanged = "the gallery there is unchanged" if Path(out).expanduser().exists() else "no gallery was written"
+    with write_failure_as_error(out, unchanged):  # build_gallery stages and renames: a failed write leaves nothing
+        gallery = build_gallery(records, encoder, out, kind=spec, batch_size=batch_size, model_info=model_info,
+                                overwrite=overwrite, progress=progress, source=source)
+    return GalleryReport("build", gallery.info(), added=len(gallery), seconds=round(time.perf_counter() - started, 3),
+                         left_out=left_out)
 
 
 def index_add(
@@ -149,11 +161,13 @@ def index_add(
             raise MultError(f"{gallery_dir}: the gallery holds {', '.join(present) or 'no'} images; "
                             "say which modality the new images are (--modality visible|infrared)")
         modality = present[0]
-    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split)
+    left_out: list[str] = []
+    records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split, skipped=left_out)
     started = time.perf_counter()
-    counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress)
+    with write_failure_as_error(gallery_dir, "the gallery is unchanged"):  # add writes a new version, then swaps it in
+        counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress)
     return GalleryReport("add", gallery.info(), added=counts["added"], skipped=counts["skipped"],
-                         seconds=round(time.perf_counter() - started, 3))
+                         seconds=round(time.perf_counter() - started, 3), left_out=left_out)
 
 
 def index_info(gallery_dir: PathLike, *, verify: bool = True) -> GalleryReport:
@@ -222,9 +236,15 @@ def search_query(
     counts are still checked), which saves reading a multi-GB index twice.
     """
     wanted = as_modality(query_modality)
+    if save_ranklist is not None:  # before the embedding and search: a path that cannot take the PNG fails now
+        from mult.serving.ranklist import check_ranklist_path
+
+        check_ranklist_path(save_ranklist)
     query_path = os.path.abspath(os.fspath(Path(query).expanduser()))
-    if not os.path.isfile(query_path):
+    if not os.path.exists(query_path):
         raise MultError(f"{query_path}: query image not found; pass an existing image file")
+    if not os.path.isfile(query_path):  # a folder, FIFO or device: never opened (a FIFO would block)
+        raise MultError(f"{query_path}: not a regular file; pass an image file")
     gallery = Gallery.open(index_dir, verify=verify)
     model = dict(model_info) if model_info is not None else encoder_info(encoder)
     check_same_model(gallery.manifest.get("model", {}), model, gallery.directory)

@@ -13,6 +13,7 @@ Five-line use::
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mult.io import PathLike
+from mult.io import PathLike, file_sha256
 from mult.data.records import Modality
 from mult.errors import MultError
-from mult.export.layout import INPUT_NAME, META_PREFIX, MODEL_NAMES, ONNX_FILE, OUTPUT_NAME, existing_versions
-from mult.serving.encoders import ArrayEncoder
+from mult.export.layout import (INPUT_NAME, MANIFEST_FILE, META_PREFIX, MODEL_NAMES, ONNX_FILE, OUTPUT_NAME,
+                                existing_versions)
+from mult.serving.encoders import ArrayEncoder, export_identity
 
 
 
@@ -102,6 +104,28 @@ def describe_onnx(session, path: PathLike) -> ModelSignature:
     return ModelSignature(path, modality, height, width, dim, meta.get("flip", "true") == "true")
 
 
+def verified_manifest(onnx_path: PathLike) -> dict:
+    """The export manifest beside ``onnx_path``, after checking that the file's sha256 is the manifest's
+    ``onnx_sha256`` (a graph edited after `mult export`, e.g. one weight scaled, still loads and runs but ranks
+    differently). Hashing reads the file once (tens of MB)."""
+    onnx_path = Path(onnx_path)
+    path = onnx_path.parent / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MultError(f"{path}: missing, so {onnx_path} cannot be checked against its export; re-export with "
+                        "`mult export`") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise MultError(f"{path}: unreadable ({type(err).__name__}); re-export with `mult export`") from None
+    expected = manifest.get("onnx_sha256") if isinstance(manifest, dict) else None
+    if not isinstance(expected, str):
+        raise MultError(f"{path}: no onnx_sha256 to check {onnx_path.name} against; re-export with `mult export`")
+    if file_sha256(onnx_path) != expected:
+        raise MultError(f"{onnx_path}: sha256 does not match onnx_sha256 in {path.name}; the model was changed after "
+                        "`mult export` (or is corrupt): re-export it, or restore the exported file")
+    return manifest
+
+
 def model_versions(repo: Path, name: str) -> list[int]:
     """Numeric versions of ``repo/name`` that hold a ``model.onnx``, sorted; a missing model is a MultError."""
     if not repo.is_dir():
@@ -134,7 +158,11 @@ def pick_version(repo: Path, version: Optional[int]) -> int:
 
 
 class OnnxEncoder(ArrayEncoder):
-    """Both stems of one repository version in ONNX Runtime, with the encoder interface of ``mult.features``."""
+    """Both stems of one repository version in ONNX Runtime, with the encoder interface of ``mult.features``.
+
+    Each ``model.onnx`` must match the sha256 its export manifest records, and the two stems must come from one
+    export; ``model_info`` is that identity (what a gallery records and compares).
+    """
 
     def __init__(self, repo: PathLike, *, version: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None, batch_size: int = 32) -> None:
@@ -145,6 +173,7 @@ class OnnxEncoder(ArrayEncoder):
         self.batch_size = int(batch_size)
         self._sessions = {}
         signatures: dict[Modality, ModelSignature] = {}
+        manifests: dict[Modality, dict] = {}
         for modality, name in MODEL_NAMES.items():
             path = self.repo / name / str(self.version) / ONNX_FILE
             session = ort_session(path, providers)
@@ -152,7 +181,10 @@ class OnnxEncoder(ArrayEncoder):
             if sig.modality != modality.value:
                 raise MultError(f"{path}: exported for {sig.modality}, but it sits in {name}; re-export the "
                                 "repository with `mult export`")
+            manifests[modality] = verified_manifest(path)
             self._sessions[modality] = session
+        #: What a gallery records about this model (version, checkpoint, both ONNX files' sha256).
+        self.model_info = export_identity(self.version, manifests, str(self.repo))
         vis, ir = signatures[Modality.visible], signatures[Modality.infrared]
         if (vis.height, vis.width, vis.embedding_size) != (ir.height, ir.width, ir.embedding_size):
             raise MultError(f"{self.repo}: version {self.version} of mult_visible is {vis.height}x{vis.width}->"

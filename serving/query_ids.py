@@ -26,8 +26,7 @@ from typing import Any, Optional
 
 from mult.data.records import Record
 from mult.errors import MultError
-from mult.io import PathLike
-from mult.serving.gallery import sha256_file
+from mult.io import PathLike, file_sha256
 
 
 def source_records(source: Mapping[str, Any]) -> Optional[list[Record]]:
@@ -88,7 +87,7 @@ class KnownImages:
             size = os.path.getsize(path)
             if size not in self._by_size:
                 return None
-            pids = self._same_size(size).get(sha256_file(Path(path)), set())
+            pids = self._same_size(size).get(file_sha256(Path(path)), set())
         except OSError:
             return None
         return next(iter(pids)) if len(pids) == 1 else None
@@ -100,7 +99,7 @@ class KnownImages:
                 digests: dict[str, set[int]] = {}
                 for known in self._by_size[size]:
                     try:
-                        digests.setdefault(sha256_file(Path(known)), set()).add(self._by_path[known])
+                        digests.setdefault(file_sha256(Path(known)), set()).add(self._by_path[known])
                     except OSError:
                         continue  # deleted since: it can match nothing
                 self._digests[size] = digests

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mult.data.images import load_image
 from mult.errors import MultError
-from mult.io import atomic_path
+from mult.io import atomic_path, write_failure_as_error
 
 if TYPE_CHECKING:
     from mult.serving.gallery import Hit
@@ -136,13 +136,34 @@ def save_ranklist(query_path: Union[str, os.PathLike], hits: Sequence[Union["Hit
                   out_png: Union[str, os.PathLike], *, query_pid: Optional[int] = None, query_caption: str = "query",
                   style: RanklistStyle = RanklistStyle()) -> Path:
     """Render the rank list and write it as a PNG at ``out_png`` (temporary name, then rename). Returns the path."""
+    out = check_ranklist_path(out_png)
+    image = render_ranklist(query_path, hits, query_pid=query_pid, query_caption=query_caption, style=style)
+    try:
+        with write_failure_as_error(out, "no rank list was written"), atomic_path(out) as tmp:
+            image.save(tmp, format="PNG")
+    except OSError as err:  # e.g. permissions, or the folder vanished: the temporary file is gone already
+        raise MultError(f"{out}: cannot write the rank-list image ({err.strerror or type(err).__name__}); "
+                        "choose another path") from None
+    return out
+
+
+def check_ranklist_path(out_png: Union[str, os.PathLike]) -> Path:
+    """``out_png`` if a PNG can be written there, else one MultError line; cheap, so callers check first.
+
+    Missing folders are fine: they are created, as for every path mult writes (:func:`mult.io.atomic_path`,
+    ``mult train --out``, ``mult index build --out``). A file where a folder should be, or a folder where
+    the file should be, is the user's mistake to fix.
+    """
     out = Path(out_png).expanduser()
     if out.is_dir():
         raise MultError(f"{out}: is a folder; pass a file name for the rank-list image, e.g. {out / 'ranklist.png'}")
-    image = render_ranklist(query_path, hits, query_pid=query_pid, query_caption=query_caption, style=style)
-    try:
-        with atomic_path(out) as tmp:
-            image.save(tmp, format="PNG")
-    except PermissionError:
-        raise MultError(f"{out}: permission denied writing the rank-list image; choose another path") from None
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:  # the nearest folder that is already there
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MultError(f"{out}: cannot write the rank-list image there: {existing} is a file, not a folder; "
+                        "choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MultError(f"{out}: cannot write the rank-list image there: {existing} is not writable; "
+                        "choose another path")
     return out

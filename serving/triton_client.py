@@ -14,14 +14,14 @@ Five-line use::
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from mult.data.records import Modality
 from mult.errors import MultError, ServerUnavailable
 from mult.export.layout import INPUT_NAME, OUTPUT_NAME
-from mult.serving.encoders import ArrayEncoder
+from mult.serving.encoders import IDENTITY_FIELDS, ArrayEncoder, export_identity, identity_parameter
 
 #: gRPC statuses worth another try: the server is (re)starting or overloaded. Anything else is final.
 RETRY_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -38,7 +38,9 @@ def _message(err: Exception) -> str:
 class TritonEncoder(ArrayEncoder):
     """Encoder interface (``encode`` / ``encode_array``) over Triton gRPC for ``{prefix}_visible`` / ``_infrared``.
 
-    ``version=""`` lets the server pick (the newest it serves). ``timeout_s`` bounds each call; calls that fail
+    ``version=""`` takes the newest version the server serves, read from it at connection and pinned from then on
+    (both stems must serve the same one); ``model_info`` is that version and, from a `mult serve` server, the
+    checkpoint and ONNX sha256 behind it. ``timeout_s`` bounds each call; calls that fail
     with UNAVAILABLE or DEADLINE_EXCEEDED are retried ``retries`` times with a short backoff. One instance can be
     shared by threads (tritonclient's unary calls are thread-safe); each thread's request is batched by Triton.
     """
@@ -64,13 +66,18 @@ class TritonEncoder(ArrayEncoder):
         try:
             self._connect()
             sizes = {m: self._model_sizes(name) for m, name in self.model_names.items()}
+            vis, ir = sizes[Modality.visible], sizes[Modality.infrared]
+            if vis[:3] != ir[:3]:
+                raise MultError(f"{self.url}: {self.model_names[Modality.visible]} takes {vis[0]}x{vis[1]} -> "
+                                f"{vis[2]} but {self.model_names[Modality.infrared]} takes {ir[0]}x{ir[1]} -> {ir[2]}; "
+                                "serve one export")
+            # Pin the version the server serves now: every call below then uses it, and a gallery compares it.
+            self.version = str(self._served_version({m: s[4] for m, s in sizes.items()}))
+            #: What a gallery records about the served model, read from the server (see :meth:`_identity`).
+            self.model_info = self._identity(int(self.version), {m: s[5] for m, s in sizes.items()})
         except BaseException:
             self._client.close()
             raise
-        vis, ir = sizes[Modality.visible], sizes[Modality.infrared]
-        if vis[:3] != ir[:3]:
-            raise MultError(f"{self.url}: {self.model_names[Modality.visible]} takes {vis[0]}x{vis[1]} -> {vis[2]} but "
-                            f"{self.model_names[Modality.infrared]} takes {ir[0]}x{ir[1]} -> {ir[2]}; serve one export")
         self.height, self.width, self.embedding_size = vis[:3]
         max_batch = min(s[3] for s in sizes.values())
         self.batch_size = min(int(batch_size), max_batch) if max_batch > 0 else int(batch_size)
@@ -83,24 +90,80 @@ class TritonEncoder(ArrayEncoder):
             try:
                 return fn()
             except InferenceServerException as err:
+                # A stopping Triton unloads its models first, so calls fail with "unknown model ... no available
+                # versions" / "not at ready state": say the server is going away, not that the model is wrong.
+                failed = MultError(f"{self.url}: {what} failed: {_message(err)}")
                 if err.status() not in RETRY_STATUSES:
-                    raise MultError(f"{self.url}: {what} failed: {_message(err)}") from None
+                    raise (self._server_leaving(what) or failed) from None
                 if attempt == self.retries:
                     if err.status() == "StatusCode.DEADLINE_EXCEEDED":
                         raise MultError(f"{self.url}: {what} timed out after {self.timeout_s:g} s ({attempt + 1} "
                                         "tries); raise the timeout or check the server load") from None
+                    if self._served_before():
+                        raise (self._server_leaving(what) or failed) from None
                     raise ServerUnavailable(f"no Triton server at {self.url} ({_message(err)}); start one "
                                             "with `mult serve --repo model_repository`") from None
                 time.sleep(BACKOFF_S * 2 ** attempt)
         raise AssertionError("unreachable")
+
+    def _served_before(self) -> bool:
+        return getattr(self, "embedding_size", None) is not None  # set once __init__ found both models ready
+
+    def _server_leaving(self, what: str) -> Optional[ServerUnavailable]:
+        """After the server served this client: the error to give when it is shutting down or gone (asked once,
+        briefly), else None."""
+        from tritonclient.utils import InferenceServerException
+
+        if not self._served_before():
+            return None
+        try:
+            ready = self._client.is_server_live(client_timeout=2.0) and self._client.is_server_ready(client_timeout=2.0)
+            state = None if ready else "is shutting down"
+        except InferenceServerException:
+            state = "went away"
+        if state is None:
+            return None
+        return ServerUnavailable(f"{self.url}: the Triton server {state} during {what}; start it again "
+                                 "(`mult serve`) and rerun the command")
 
     def _connect(self) -> None:
         if not self._call("liveness check", lambda: self._client.is_server_live(client_timeout=self.timeout_s)):
             raise ServerUnavailable(f"the Triton server at {self.url} is not live yet; wait for `mult serve` to "
                                     "finish starting")
 
-    def _model_sizes(self, name: str) -> tuple[int, int, int, int]:
-        """(H, W, D, max_batch_size) of a ready model, from its metadata and config."""
+    def _served_version(self, ready: dict[Modality, list[int]]) -> int:
+        """The version both stems answer with: the pinned one, else the newest each serves (Triton's choice for
+        version ""). Stems at different newest versions are a half-published export: refused, since their
+        embeddings would come from two models."""
+        if self.version:
+            return int(self.version)
+        newest = {m: max(versions) for m, versions in ready.items() if versions}
+        if len(newest) != len(ready):
+            missing = [self.model_names[m] for m in ready if m not in newest]
+            raise MultError(f"{self.url}: {', '.join(missing)} lists no ready version; serve a repository written "
+                            "by `mult export`")
+        vis, ir = newest[Modality.visible], newest[Modality.infrared]
+        if vis != ir:
+            raise MultError(f"{self.url}: {self.model_names[Modality.visible]} serves version {vis} but "
+                            f"{self.model_names[Modality.infrared]} serves version {ir} (a half-published export); "
+                            "serve a repository where both stems have the newest version, e.g. `mult serve`")
+        return vis
+
+    def _identity(self, version: int, parameters: dict[Modality, dict[str, Any]]) -> dict[str, Any]:
+        """Version plus the checkpoint / ONNX sha256 that `mult serve` publishes per version in each model's
+        config; another server (e.g. the official container) publishes none, and then the version alone says."""
+        manifests = {}
+        for modality, params in parameters.items():
+            manifests[modality] = {}
+            for field in IDENTITY_FIELDS:
+                value = params.get(identity_parameter(version, field), {})
+                if isinstance(value, dict) and value.get("string_value"):
+                    manifests[modality][field] = value["string_value"]
+        return export_identity(version, manifests, self.url)
+
+    def _model_sizes(self, name: str) -> tuple[int, int, int, int, list[int], dict[str, Any]]:
+        """(H, W, D, max_batch_size, ready versions, config parameters) of a ready model, from its metadata and
+        config."""
         ready = self._call(f"readiness of {name}", lambda: self._client.is_model_ready(
             name, self.version, client_timeout=self.timeout_s))
         if not ready:
@@ -126,7 +189,9 @@ class TritonEncoder(ArrayEncoder):
                 or len(out_shape) != 2 or out_shape[-1] < 1:
             raise MultError(f"{self.url}: {name} takes {inputs[INPUT_NAME]['datatype']} {shape} -> {out_shape}, "
                             "expected UINT8 [-1, H, W, 3] -> [-1, D]; serve a repository written by `mult export`")
-        return shape[1], shape[2], out_shape[1], int(config.get("max_batch_size", 0))
+        versions = sorted(int(v) for v in meta.get("versions", []) if str(v).isdigit())
+        return (shape[1], shape[2], out_shape[1], int(config.get("max_batch_size", 0)), versions,
+                dict(config.get("parameters", {})))
 
     # -- encoding --
     def _embed_batch(self, modality: Modality, images: np.ndarray) -> np.ndarray:

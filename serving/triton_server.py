@@ -6,10 +6,12 @@ as is: :func:`build_runtime_repository` writes a *runtime* repository beside it 
 (``serving/python_backend_model.py``) runs the exported ``model.onnx`` in ONNX Runtime. Clients cannot
 tell the difference (same gRPC API as the official container with the onnxruntime backend).
 
-Versions: the runtime repository holds every numeric version of the export whose input size and embedding
-size match the newest one, with ``version_policy: { all { } }`` by default, so a client may pin
-``version="2"`` while ``version=""`` gets the newest. Each served version is one python stub process
-(~300-750 MB with ResNet-50), so ``version_policy="latest"`` serves only the newest.
+Versions: the runtime repository holds every numeric version that both stems hold from one export (each file
+checked against its manifest's sha256) and whose input size and embedding size match the newest one, with
+``version_policy: { all { } }`` by default, so a client may pin ``version="2"`` while ``version=""`` gets the
+newest; the config names each version's checkpoint and ONNX sha256 for the client (:func:`runtime_config`).
+Each served version is one python stub process (~300-750 MB with ResNet-50), so ``version_policy="latest"``
+serves only the newest.
 
 The process recipe (measured, ENVIRONMENT.md "A real Triton server without Docker"): LD_LIBRARY_PATH gets
 this interpreter's LIBDIR (else the stub loads the system libpython and model load fails) and the wheel's
@@ -31,6 +33,8 @@ import contextlib
 import errno
 import importlib.util
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -44,7 +48,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -52,7 +56,9 @@ from mult.interrupts import sigterm_as_interrupt
 from mult.export.layout import (CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, INPUT_NAME, MANIFEST_FILE, MODEL_NAMES,
                                 ONNX_FILE, OUTPUT_NAME)
 from mult.io import PathLike, write_text_atomic
-from mult.serving.onnx_local import ModelSignature, describe_onnx, model_versions, ort_session
+from mult.processes import exposure_note, owner_tag, pid_alive, popen_tied, remove_stale, stale_writer
+from mult.serving.encoders import IDENTITY_FIELDS, export_identity, identity_parameter, identity_value
+from mult.serving.onnx_local import ModelSignature, describe_onnx, model_versions, ort_session, verified_manifest
 
 
 MODEL_TEMPLATE = Path(__file__).with_name("python_backend_model.py")
@@ -60,8 +66,13 @@ VERSION_POLICIES = ("all", "latest")
 #: Used when neither the exported config.pbtxt nor the manifest says (same default as ``mult export``).
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000, "metrics": 8002}
+#: Identity values written into a runtime config as they are (hex digests, precision and architecture names).
+_PLAIN = re.compile(r"[A-Za-z0-9._-]+")
 #: How long Triton may finish in-flight requests after SIGTERM before it exits anyway.
 EXIT_TIMEOUT_S = 5
+#: Runtime folders (temporary directory) are named ``mult-triton-<pid>@<host>@XXXX``; the pid file names the server.
+RUNTIME_PREFIX = "mult-triton-"
+SERVER_PID_FILE = "tritonserver.pid"
 
 
 # ---- the runtime repository -----------------------------------------------------------------------------
@@ -97,9 +108,17 @@ def _export_batching(model_dir: Path, newest: int) -> tuple[int, int]:
 
 
 def runtime_config(name: str, sig: ModelSignature, *, max_batch_size: int, max_queue_delay_us: int,
-                   version_policy: str = "all", instance_count: int = 1) -> str:
-    """``config.pbtxt`` of one python-backend model: same tensors and batching as the exported model."""
+                   version_policy: str = "all", instance_count: int = 1,
+                   identities: Optional[Mapping[int, Mapping[str, Any]]] = None) -> str:
+    """``config.pbtxt`` of one python-backend model: same tensors and batching as the exported model.
+
+    ``identities`` (version -> export manifest) become parameters ``mult.v<version>.<field>``: how a client
+    learns from the server which checkpoint and ONNX file each served version holds.
+    """
     policy = "all { }" if version_policy == "all" else "latest { num_versions: 1 }"
+    published = [(identity_parameter(version, field), identity_value(manifest[field]))
+                 for version, manifest in sorted((identities or {}).items()) for field in IDENTITY_FIELDS
+                 if manifest.get(field) is not None]
     return "\n".join([
         f'name: "{name}"',
         'backend: "python"',
@@ -114,6 +133,9 @@ def runtime_config(name: str, sig: ModelSignature, *, max_batch_size: int, max_q
         f"dynamic_batching {{ max_queue_delay_microseconds: {int(max_queue_delay_us)} }}",
         f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]",
         f'parameters {{ key: "onnx_file" value {{ string_value: "{ONNX_FILE}" }} }}',
+        # Hashes and names only; anything needing quoting in protobuf text is left out rather than escaped.
+        *(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}' for key, value in published
+          if _PLAIN.fullmatch(value)),
     ]) + "\n"
 
 
@@ -132,28 +154,55 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _served_versions(repo: Path, modality: Modality, version_policy: str) -> tuple[list[tuple[int, ModelSignature]], list[str]]:
-    """Checked (version, signature) pairs to serve, newest last, and notes on versions left out."""
-    name = MODEL_NAMES[modality]
-    model_dir = repo / name
-    versions = model_versions(repo, name)
-    if version_policy == "latest":
-        versions = versions[-1:]
-    checked, skipped = [], []
-    newest: Optional[ModelSignature] = None
-    for version in reversed(versions):
-        path = model_dir / str(version) / ONNX_FILE
-        sig = describe_onnx(ort_session(path, optimize=False), path)
-        if sig.modality != modality.value:
-            raise MultError(f"{path}: exported for {sig.modality}, but it sits in {name}; re-export with `mult export`")
-        if newest is None:
-            newest = sig
-        elif (sig.height, sig.width, sig.embedding_size) != (newest.height, newest.width, newest.embedding_size):
-            skipped.append(f"{name}/{version} ({sig.height}x{sig.width}->{sig.embedding_size}, newest is "
-                           f"{newest.height}x{newest.width}->{newest.embedding_size})")
-            continue
-        checked.append((version, sig))
-    return checked[::-1], skipped
+#: One served version of one stem: its number, its checked signature and its export manifest.
+_Served = tuple[int, ModelSignature, dict]
+
+
+def _served_versions(repo: Path, version_policy: str) -> tuple[dict[Modality, list[_Served]], list[str]]:
+    """Checked (version, signature, export manifest) per stem, newest last, and why other versions are left out.
+
+    Only versions both stems serve together: one that a stem lacks (a half-published export) or whose two
+    manifests name different exports would answer each modality from another model. Every served file must
+    match the sha256 in its manifest (:func:`verified_manifest`), or nothing is served.
+    """
+    per_model = {m: model_versions(repo, name) for m, name in MODEL_NAMES.items()}
+    common = set(per_model[Modality.visible]) & set(per_model[Modality.infrared])
+    skipped = [f"not serving {MODEL_NAMES[m]}/{v}: {MODEL_NAMES[other]} has no version {v} (a half-published "
+               "export?)" for m, other in ((Modality.visible, Modality.infrared), (Modality.infrared, Modality.visible))
+               for v in per_model[m] if v not in common]
+    served: dict[Modality, list[_Served]] = {m: [] for m in MODEL_NAMES}
+    newest: dict[Modality, ModelSignature] = {}
+    for version in sorted(common, reverse=True):
+        if version_policy == "latest" and served[Modality.visible]:
+            break
+        pair: dict[Modality, tuple[ModelSignature, dict]] = {}
+        for modality, name in MODEL_NAMES.items():
+            path = repo / name / str(version) / ONNX_FILE
+            sig = describe_onnx(ort_session(path, optimize=False), path)
+            if sig.modality != modality.value:
+                raise MultError(f"{path}: exported for {sig.modality}, but it sits in {name}; re-export with "
+                                "`mult export`")
+            ref = newest.get(modality)
+            if ref is not None and (sig.height, sig.width, sig.embedding_size) != (ref.height, ref.width,
+                                                                                   ref.embedding_size):
+                skipped.append(f"not serving version {version}: {name}/{version} ({sig.height}x{sig.width}->"
+                               f"{sig.embedding_size}, newest is {ref.height}x{ref.width}->{ref.embedding_size}); one "
+                               "Triton config cannot describe both sizes")
+                break
+            pair[modality] = (sig, verified_manifest(path))
+        else:
+            try:
+                export_identity(version, {m: manifest for m, (_, manifest) in pair.items()}, str(repo))
+            except MultError as err:
+                skipped.append(f"not serving version {version}: {err}")
+                continue
+            for modality, (sig, manifest) in pair.items():
+                newest.setdefault(modality, sig)
+                served[modality].append((version, sig, manifest))
+    if not served[Modality.visible]:
+        raise MultError(f"{repo}: no version that mult_visible and mult_infrared can serve together ("
+                        f"{'; '.join(skipped) or 'none in common'}); export both with `mult export RUN --repo {repo}`")
+    return {m: versions[::-1] for m, versions in served.items()}, skipped
 
 
 def build_runtime_repository(repo: PathLike, out_dir: PathLike, *, version_policy: str = "all",
@@ -163,9 +212,12 @@ def build_runtime_repository(repo: PathLike, out_dir: PathLike, *, version_polic
     For each of ``mult_visible`` / ``mult_infrared``: ``config.pbtxt`` (python backend, same tensors,
     ``max_batch_size`` and queue delay as the export, ``KIND_CPU``), and per served version ``model.py``
     (the template) and ``model.onnx`` (a link to the exported file). Every ONNX file is opened with ONNX
-    Runtime first, so a missing model, a model without versions or a broken file is a one-line MultError
-    here, not a server that never becomes ready. Older versions whose input/embedding size differ from the
-    newest are left out with a warning (one config describes all served versions). Returns ``out_dir``.
+    Runtime first and checked against the sha256 in its export manifest, so a missing model, a model without
+    versions, a broken or edited file is a one-line MultError here, not a server that never becomes ready or one
+    that serves other weights. Left out with a warning: older versions whose input/embedding size differ from
+    the newest (one config describes all served versions), and versions the two stems do not share from one
+    export (a half-published export would answer each modality from another model). The config publishes each
+    served version's identity (:func:`runtime_config`). Returns ``out_dir``.
     """
     if version_policy not in VERSION_POLICIES:
         raise MultError(f"version policy {version_policy!r} unknown: use one of {', '.join(VERSION_POLICIES)}")
@@ -173,13 +225,13 @@ def build_runtime_repository(repo: PathLike, out_dir: PathLike, *, version_polic
     out_dir = Path(os.fspath(out_dir))
     if out_dir.resolve() == repo.resolve() or repo.resolve() in out_dir.resolve().parents:
         raise MultError(f"{out_dir}: the runtime repository must live outside the export {repo}; pick another folder")
-    plans = {name: _served_versions(repo, modality, version_policy) for modality, name in MODEL_NAMES.items()}
-    for name, (_, skipped) in plans.items():
-        for note in skipped:
-            warnings.warn(f"not serving {note}: one Triton config cannot describe both sizes", stacklevel=2)
+    plans, skipped = _served_versions(repo, version_policy)
+    for note in skipped:
+        warnings.warn(note, stacklevel=2)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, (served, _) in plans.items():
+        for modality, name in MODEL_NAMES.items():
+            served = plans[modality]
             model_dir = out_dir / name
             if model_dir.exists():  # a previous build of this runtime folder: replace it whole
                 shutil.rmtree(model_dir)
@@ -188,8 +240,9 @@ def build_runtime_repository(repo: PathLike, out_dir: PathLike, *, version_polic
                 max_batch, delay = _export_batching(repo / name, served[-1][0])
                 write_text_atomic(staging / CONFIG_FILE, runtime_config(
                     name, served[-1][1], max_batch_size=max_batch, max_queue_delay_us=delay,
-                    version_policy=version_policy, instance_count=instance_count))
-                for version, sig in served:
+                    version_policy=version_policy, instance_count=instance_count,
+                    identities={version: manifest for version, _, manifest in served}))
+                for version, sig, _ in served:
                     version_dir = staging / str(version)
                     version_dir.mkdir()
                     shutil.copyfile(MODEL_TEMPLATE, version_dir / "model.py")
@@ -285,15 +338,63 @@ def check_port_free(host: str, port: int, what: str) -> None:
     if not 0 < int(port) < 65536:
         raise MultError(f"{what} port {port} is not a valid TCP port; use 1-65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "taken"
-        try:
-            sock.bind((host, int(port)))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise MultError(f"{what} port {port} on {host} is already in use (another Triton or `mult serve`?); "
-                                f"stop it or pass another --{what}-port") from None
-            raise MultError(f"cannot bind {what} port {port} on {host} ({err.strerror}); check --host") from None
+    waited = False
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not "taken"
+            try:
+                sock.bind((host, int(port)))
+                return
+            except OSError as err:
+                error = err
+        if error.errno != errno.EADDRINUSE:
+            raise MultError(f"cannot bind {what} port {port} on {host} ({error.strerror}); check --host") from None
+        holder = _mult_triton_on_port(int(port))
+        # A server whose `mult serve` was just killed got SIGTERM and exits within the exit timeout: wait for it.
+        if holder and not waited and _orphaned(holder):
+            waited = True
+            deadline = time.monotonic() + EXIT_TIMEOUT_S + 3
+            while pid_alive(holder) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            continue
+        who = (f"by tritonserver pid {holder}, started by mult; stop it (`kill {holder}`)" if holder else
+               "(another Triton or `mult serve`?); stop it")
+        raise MultError(f"{what} port {port} on {host} is already in use {who} or pass another "
+                        f"--{what}-port") from None
+
+
+def _orphaned(pid: int) -> bool:
+    """Whether a mult tritonserver's starting process is dead (its runtime folder's owner tag says so)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    repos = [a.partition("=")[2] for a in args if a.startswith("--model-repository=")]
+    return bool(repos) and stale_writer(Path(repos[0]).parent) is not None
+
+
+def _mult_triton_on_port(port: int) -> Optional[int]:
+    """The pid of a mult-started tritonserver (``--id=mult``) told to listen on ``port``, if any (Linux /proc)."""
+    wanted = {f"--{what}-port={port}".encode() for what in DEFAULT_PORTS}
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    args = (entry / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if args and args[0].endswith(b"tritonserver") and b"--id=mult" in args and wanted & set(args):
+                    return int(entry.name)
+    return None
+
+
+def _runtime_in_use(workdir: Path) -> bool:
+    """Whether the server of a runtime folder still runs (its pid file names a live tritonserver of that folder)."""
+    try:
+        pid = int((workdir / SERVER_PID_FILE).read_text())
+        return pid_alive(pid) and str(workdir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
 
 
 def session_processes(sid: int) -> list[int]:
@@ -367,12 +468,22 @@ def log_excerpt(path: Path, lines: int = 6, max_chars: int = 1500) -> str:
 # ---- the server --------------------------------------------------------------------------------------
 
 
+#: Triton APIs no client of ours needs and a local user should not reach: changing the log level or log file,
+#: trace settings, and registering shared-memory regions for the server to read and write. They answer only
+#: requests carrying ADMIN_HEADER with this server's random key (docs/RELIABILITY.md, security stance).
+RESTRICTED_APIS = "logging,trace,shared-memory"
+ADMIN_HEADER = "mult-admin-key"
+
+
 class TritonServer:
     """A local ``tritonserver`` process serving ``mult_visible`` and ``mult_infrared`` from an export.
 
     Ports left as None are picked free; every socket binds ``host`` (127.0.0.1 by default). The server runs
     in its own process session, so :meth:`stop` (SIGTERM, then SIGKILL after ``timeout``) reaches the python
-    stubs too and none is left behind. Use as a context manager, or ``start()`` / ``stop()``.
+    stubs too and none is left behind. The server also gets SIGTERM when this Python process dies, even by
+    SIGKILL (:func:`mult.processes.popen_tied`), and shuts its stubs down; the runtime folder such a death
+    leaves in the temporary directory is removed by the next start. Use as a context manager, or
+    ``start()`` / ``stop()``.
     """
 
     def __init__(self, repo: PathLike, host: str = "127.0.0.1", grpc_port: Optional[int] = None,
@@ -390,6 +501,8 @@ class TritonServer:
         self.log_file = Path(os.fspath(log_file)).expanduser() if log_file is not None else None
         self.version_policy = version_policy
         self.model_control_mode = model_control_mode
+        # Key for Triton's administrative APIs (see RESTRICTED_APIS); it never leaves this process.
+        self._admin_key = secrets.token_hex(16)
         self.startup_timeout_s = float(startup_timeout_s)
         self.model_names = tuple(MODEL_NAMES.values())
         self.startup_s: Optional[float] = None
@@ -458,6 +571,8 @@ class TritonServer:
             "--allow-http=true", f"--http-address={self.host}", f"--http-port={p['http']}",
             "--allow-metrics=true", "--allow-gpu-metrics=false", f"--metrics-address={self.host}",
             f"--metrics-port={p['metrics']}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self._admin_key}",
+            f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self._admin_key}",
         ]
 
     def start(self, wait: bool = True) -> "TritonServer":
@@ -468,16 +583,22 @@ class TritonServer:
             _check_numpy()
             install = find_triton()
             self.ports = self._choose_ports()
-            workdir = Path(tempfile.mkdtemp(prefix="mult-triton-"))
+            # A `mult serve` killed by SIGKILL could not remove its runtime folder: the next start does.
+            remove_stale(Path(tempfile.gettempdir()), f"{RUNTIME_PREFIX}*", in_use=_runtime_in_use)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{owner_tag()}"))
             try:
                 models = build_runtime_repository(self.repo, workdir / "models", version_policy=self.version_policy)
                 backends = _backend_dir(install, workdir / "backends")
                 self._log_path = self.log_file or workdir / "tritonserver.log"
                 self._log_path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self._log_path, "ab") as log:
-                    self._proc = subprocess.Popen(
+                    # Tied: SIGTERM reaches Triton when this process dies, even by SIGKILL (no finally runs then);
+                    # its own session lets stop() signal the python stubs with it.
+                    self._proc = popen_tied(
                         self._command(install, models, backends), stdin=subprocess.DEVNULL, stdout=log,
                         stderr=subprocess.STDOUT, env=server_env(install), cwd=workdir, start_new_session=True)
+                with contextlib.suppress(OSError):  # only keeps a later start from removing this folder early
+                    write_text_atomic(workdir / SERVER_PID_FILE, f"{self._proc.pid}\n")
             except BaseException:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
@@ -574,6 +695,9 @@ def serve(repo: PathLike, host: str = "127.0.0.1", grpc_port: Optional[int] = DE
     """
     server = TritonServer(repo, host, grpc_port, http_port, metrics_port, log_file, version_policy=version_policy,
                           startup_timeout_s=startup_timeout_s)
+    note = exposure_note(host, "the models")
+    if note:  # before starting: the user learns it even when the start fails or takes long
+        echo(note)
     with sigterm_as_interrupt():
         try:
             server.start()

@@ -327,6 +327,27 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(server, local):
         client.close()
 
 
+def test_admin_apis_need_the_servers_key(server):
+    """Issue 16 item 9: a local client cannot change Triton's log level, trace settings or shared memory without
+    the per-server key; with it (what an operator given the key could do) the same call is accepted."""
+    from mult.serving.triton_server import ADMIN_HEADER
+
+    client = grpcclient.InferenceServerClient(server.url)
+    try:
+        for call in (lambda **kw: client.update_log_settings({"log_verbose_level": 3}, **kw),
+                     lambda **kw: client.get_trace_settings(**kw),
+                     lambda **kw: client.get_system_shared_memory_status(**kw)):
+            with pytest.raises(InferenceServerException) as err:
+                call()
+            assert "restricted" in err.value.message().lower()
+        # Triton's gRPC front end expects the key's header as "triton-grpc-protocol-<key name>"
+        settings = client.get_log_settings(headers={f"triton-grpc-protocol-{ADMIN_HEADER}": server._admin_key})
+        assert settings.settings["log_verbose_level"].uint32_param == 0  # unchanged by the refused call
+        assert client.is_model_ready("mult_visible")  # inference-side APIs stay open
+    finally:
+        client.close()
+
+
 def test_concurrent_requests_are_batched_and_correct(server, remote, local):
     rng = np.random.default_rng(1)
     batches = [rng.integers(0, 256, size=(1 + k % 3, 64, 32, 3), dtype=np.uint8) for k in range(48)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -69,7 +70,7 @@ class RunDir:
         self.require()
         cfg = self.config()
         model = bare_encoder(cfg.arch)
-        model.load_state_dict(self.checkpoint(device)["model"])
+        load_weights(model, model_weights(self.checkpoint(device), self.checkpoint_path), self.checkpoint_path)
         return model.to(device).eval()
 
 
@@ -90,6 +91,53 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise MultError(f"{path}: not a readable mult checkpoint ({type(err).__name__}); re-run or pick another") from None
 
 
+_EXPECTED = ("expected a dict with 'model' (the encoder's weights) and 'config' (the run's settings), as "
+             "`mult train` writes")
+
+
+def _describe(obj: Any) -> str:
+    """A few words on what a file held instead of a mult checkpoint."""
+    if isinstance(obj, torch.Tensor):
+        return f"a bare tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        keys = sorted(map(str, obj))
+        return f"a dict with keys {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}" if keys else "an empty dict"
+    return f"a value of type {type(obj).__name__}"
+
+
+def model_weights(checkpoint: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    """The encoder state dict inside a loaded checkpoint; anything else is one line naming ``path``."""
+    state = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = _describe(checkpoint) if state is None else f"a dict whose 'model' is {_describe(state)}"
+        raise MultError(f"{path}: not a mult checkpoint: {_EXPECTED}; found {found}")
+    return state
+
+
+def load_weights(model: TwoStreamEncoder, state: Mapping[str, torch.Tensor], path: Path) -> TwoStreamEncoder:
+    """Load ``state`` into ``model`` exactly (every key, every shape), or one line on how they differ.
+
+    Exact, because a deeper ResNet's weights hold all of a shallower one's keys with the same shapes: a
+    lenient load would quietly export half of another network.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if resized:
+        key = resized[0]
+        detail = f"{key} is {tuple(state[key].shape)} where a {model.arch} has {tuple(expected[key].shape)}"
+    elif missing:
+        detail = f"{len(missing)} {model.arch} weights missing, first {missing[0]}"
+    elif unexpected:
+        detail = f"{len(unexpected)} weights a {model.arch} does not have, first {unexpected[0]}"
+    else:
+        model.load_state_dict(state)
+        return model
+    raise MultError(f"{path}: the weights do not fit the {model.arch} encoder its config names ({detail}); a "
+                    "checkpoint of another architecture or depth? export it together with its own config")
+
+
 def find_run_model(source: Path, device: str | torch.device = "cpu") -> tuple[TwoStreamEncoder, Optional[TrainConfig]]:
     """A run directory or a bare checkpoint file -> (model, config or None)."""
     source = Path(source)
@@ -97,9 +145,13 @@ def find_run_model(source: Path, device: str | torch.device = "cpu") -> tuple[Tw
         run = RunDir(source).require()
         return run.load_model(device), run.config()
     checkpoint = load_checkpoint(source, device)
-    if "config" not in checkpoint or "model" not in checkpoint:
-        raise MultError(f"{source}: not a mult checkpoint (no model/config inside)")
-    cfg = TrainConfig.from_dict(checkpoint["config"])
-    model = bare_encoder(cfg.arch)
-    model.load_state_dict(checkpoint["model"])
+    state = model_weights(checkpoint, source)
+    if not isinstance(checkpoint.get("config"), Mapping):
+        config = "" if "config" not in checkpoint else f", whose 'config' is {_describe(checkpoint['config'])}"
+        raise MultError(f"{source}: not a mult checkpoint: {_EXPECTED}; found {_describe(checkpoint)}{config}")
+    try:
+        cfg = TrainConfig.from_dict(dict(checkpoint["config"]))
+    except MultError as err:  # a bad or unknown field: say which file holds it
+        raise MultError(f"{source}: {err}") from None
+    model = load_weights(bare_encoder(cfg.arch), state, source)
     return model.to(device).eval(), cfg

@@ -33,7 +33,7 @@ from mult.train.memory import ClusterMemory
 from mult.train.plots import plot_run
 from mult.train.precise_bn import recalibrate_batchnorm
 from mult.train.pseudo_labels import EpochLabels, label_diagnostics, make_epoch_labels
-from mult.train.run import RunDir, load_checkpoint
+from mult.train.run import RunDir, load_checkpoint, load_weights, model_weights
 from mult.train.samplers import stage_one_batches, stage_two_batches
 
 
@@ -97,7 +97,8 @@ class Trainer:
     def _init_from(self, source: Path) -> None:
         """Stage 2 from a stage-1 run: its weights, a fresh Adam (as the reference), start at stage 2."""
         other = RunDir(source).require()
-        self.model.load_state_dict(other.checkpoint(self.device)["model"])
+        path = other.checkpoint_path
+        load_weights(self.model, model_weights(other.checkpoint(self.device), path), path)
         self.start_epoch = self.cfg.stage_one_epochs
         self.say(f"initialised from {source}; starting stage 2 at epoch {self.start_epoch}")
 

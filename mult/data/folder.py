@@ -9,10 +9,11 @@ folder name is an integer (``0012``, ``7``), its ``pid`` is that integer; every 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-from mult.data.images import is_image_file
+from mult.data.images import scan_image_files
 from mult.data.records import Modality, Record
 from mult.errors import MultError
 
@@ -48,11 +49,14 @@ def read_folder(
     recursive: bool = True,
     *,
     pids_from_folders: bool = True,
+    skipped: Optional[list[str]] = None,
 ) -> list[Record]:
     """Records for every image file (jpg/jpeg/png/bmp/webp) under ``root``, sorted by relative path.
 
     ``recursive=False`` only looks at files directly in ``root``. Hidden files and folders (``.name``)
-    are skipped. Raises MultError when ``root`` is not a folder or holds no image.
+    are skipped. Entries with an image name that cannot be read or stored (FIFOs, devices, dangling links,
+    names that are not UTF-8: :func:`mult.data.images.scan_image_files`) are left out, one line each appended
+    to ``skipped`` when given, else a warning. Raises MultError when ``root`` is not a folder or holds no image.
     """
     folder = Path(root).expanduser()
     wanted = as_modality(modality)
@@ -61,25 +65,19 @@ def read_folder(
     if not folder.is_dir():
         raise MultError(f"{folder}: not a folder; pass a folder of image files")
     base = str(folder)
-    relative: list[str] = []
-    if recursive:
-        for current, dirs, files in os.walk(base, followlinks=False):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            prefix = os.path.relpath(current, base)
-            relative.extend(
-                name if prefix == "." else os.path.join(prefix, name)
-                for name in files
-                if not name.startswith(".") and is_image_file(name)
-            )
-    else:
-        with os.scandir(base) as entries:
-            relative.extend(e.name for e in entries if not e.name.startswith(".") and is_image_file(e.name) and e.is_file())
-    if not relative:
+    scan = scan_image_files(base, recursive=recursive)
+    if not scan.files:
+        left_out = f"; left out {len(scan.skipped)}: {scan.skipped[0]}" if scan.skipped else ""
         raise MultError(
             f"{folder}: no image files found{' (searched recursively)' if recursive else ''}; "
-            "expected .jpg, .jpeg, .png, .bmp or .webp files"
+            f"expected .jpg, .jpeg, .png, .bmp or .webp files{left_out}"
         )
-    relative.sort()
+    if scan.skipped:
+        if skipped is not None:
+            skipped.extend(scan.skipped)
+        else:
+            warnings.warn(f"{folder}: left out {len(scan.skipped)} file(s): " + "; ".join(scan.skipped), stacklevel=2)
     return [
-        Record(os.path.join(base, rel), _folder_pid(rel) if pids_from_folders else None, 0, wanted) for rel in relative
+        Record(os.path.join(base, rel), _folder_pid(rel) if pids_from_folders else None, 0, wanted)
+        for rel in scan.files
     ]
