@@ -20,6 +20,7 @@ from mult import __version__
 from mult.cli_common import DatasetFormat, encoder_from_options
 from mult.cli_common import print_json as _print_json
 from mult.cli_search import index_app, search_commands
+from mult.config import ASSOCIATIONS
 from mult.errors import MultError
 
 app = typer.Typer(
@@ -126,12 +127,8 @@ class Stage(str, Enum):
     mult = "mult"
 
 
-class Association(str, Enum):
-    mult = "mult"
-    ot = "ot"
-    hungarian = "hungarian"
-    none = "none"
-    oracle = "oracle"
+#: The CLI's choices come from the config's one list (mult.config.ASSOCIATIONS), so they cannot disagree.
+Association = Enum("Association", {name: name for name in ASSOCIATIONS}, type=str)
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, object]:
