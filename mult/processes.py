@@ -46,11 +46,26 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # another user's live process
+    fields = proc_stat_fields(pid)
+    return fields is None or fields[:1] != ["Z"]  # no /proc (not Linux): kill(0) said it exists
+
+
+def proc_stat_fields(pid: int) -> Optional[list[str]]:
+    """The fields of ``/proc/<pid>/stat`` after "pid (comm) " — state, ppid, pgrp, session, … — or None when
+    unreadable (no such process, or no /proc)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True  # no /proc (not Linux): kill(0) said it exists
-    return stat[stat.rfind(")") + 2:].split()[:1] != ["Z"]
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def proc_cmdline(pid: int) -> Optional[list[bytes]]:
+    """The arguments of process ``pid`` from ``/proc/<pid>/cmdline``, or None when unreadable."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
 
 
 def stale_writer(path: Path) -> Optional[int]:

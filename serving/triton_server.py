@@ -56,7 +56,8 @@ from mult.interrupts import sigterm_as_interrupt
 from mult.export.layout import (CONFIG_FILE, DEFAULT_QUEUE_DELAY_US, INPUT_NAME, MANIFEST_FILE, MODEL_NAMES,
                                 ONNX_FILE, OUTPUT_NAME)
 from mult.io import PathLike, write_text_atomic
-from mult.processes import exposure_note, owner_tag, pid_alive, popen_tied, remove_stale, stale_writer
+from mult.processes import (exposure_note, owner_tag, pid_alive, popen_tied, proc_cmdline, proc_stat_fields,
+                            remove_stale, stale_writer)
 from mult.serving.encoders import IDENTITY_FIELDS, export_identity, identity_parameter, identity_value
 from mult.serving.onnx_local import ModelSignature, describe_onnx, model_versions, ort_session, verified_manifest
 
@@ -365,10 +366,7 @@ def check_port_free(host: str, port: int, what: str) -> None:
 
 def _orphaned(pid: int) -> bool:
     """Whether a mult tritonserver's starting process is dead (its runtime folder's owner tag says so)."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return False
+    args = [a.decode(errors="replace") for a in proc_cmdline(pid) or []]
     repos = [a.partition("=")[2] for a in args if a.startswith("--model-repository=")]
     return bool(repos) and stale_writer(Path(repos[0]).parent) is not None
 
@@ -378,13 +376,9 @@ def _mult_triton_on_port(port: int) -> Optional[int]:
     wanted = {f"--{what}-port={port}".encode() for what in DEFAULT_PORTS}
     with contextlib.suppress(OSError):
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    args = (entry / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if args and args[0].endswith(b"tritonserver") and b"--id=mult" in args and wanted & set(args):
-                    return int(entry.name)
+            args = proc_cmdline(int(entry.name)) if entry.name.isdigit() else None
+            if args and args[0].endswith(b"tritonserver") and b"--id=mult" in args and wanted & set(args):
+                return int(entry.name)
     return None
 
 
@@ -392,9 +386,10 @@ def _runtime_in_use(workdir: Path) -> bool:
     """Whether the server of a runtime folder still runs (its pid file names a live tritonserver of that folder)."""
     try:
         pid = int((workdir / SERVER_PID_FILE).read_text())
-        return pid_alive(pid) and str(workdir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False
+    args = proc_cmdline(pid) if pid_alive(pid) else None
+    return args is not None and str(workdir).encode() in b"\0".join(args)
 
 
 def session_processes(sid: int) -> list[int]:
@@ -406,11 +401,7 @@ def session_processes(sid: int) -> list[int]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+        fields = proc_stat_fields(int(entry.name)) or []  # state ppid pgrp session ...
         if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
             found.append(int(entry.name))
     return found
