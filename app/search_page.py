@@ -44,12 +44,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from mult.data.images import DEFAULT_MAX_BYTES, load_image, load_image_bytes, scan_image_files
+from mult.data.images import DEFAULT_MAX_BYTES, load_image, load_image_bytes, resize_uint8, scan_image_files
 from mult.data.records import Modality, Record
 from mult.errors import MultError, ServerUnavailable
 from mult.interrupts import sigterm_as_interrupt
 from mult.processes import exposure_note
-from mult.serving.encoders import RESAMPLE, open_encoder
+from mult.serving.encoders import open_encoder
 from mult.serving.gallery import Gallery, Hit, check_same_model, encoder_info
 from mult.serving.query_ids import KnownImages, source_records
 from mult.serving.ranklist import frame_colour, frame_image
@@ -319,7 +319,7 @@ class SearchService:
         return text
 
     def _embed(self, image: Image.Image, modality: Modality) -> np.ndarray:
-        pixels = np.asarray(image.resize((int(self.encoder.width), int(self.encoder.height)), RESAMPLE))
+        pixels = resize_uint8(image, self.encoder.height, self.encoder.width)
         try:
             return self.encoder.encode_array(pixels[None], modality)
         except ServerUnavailable:

@@ -15,7 +15,7 @@ crops, the visible stem is timed at batch 1, 8 and 32 (median of ``--repeats`` a
   batches of 8 (or 32) at once, merged by Triton's dynamic batcher (images/s = all images / wall time).
 
 Ratios are against ONNX Runtime FP32 at the same batch size. With ``--data-root`` the 10-trial SYSU-MM01
-protocol (or RegDB) runs through ``mult.evaluation.evaluate_dataset`` with an in-process ONNX encoder for each
+protocol (or RegDB) runs through ``mult.datasets.evaluate_dataset`` with an in-process ONNX encoder for each
 precision, giving the mAP / R1 change of FP16 and INT8 against FP32 on the same data. Without ``--run`` the
 encoder has random weights with BatchNorm statistics re-estimated on SynthVI images (as the CPU presets do
 before training): fine for timing, while its accuracy is only indicative; with ``--quick`` a tiny SynthVI set
@@ -80,7 +80,7 @@ def training_batch(data_root: Path, dataset: str, modality: str, n: int, height:
     """``n`` training images of ``modality`` resized to uint8 [n, H, W, 3] (cycled when the set is smaller)."""
     from mult.data.records import Modality
     from mult.serving.encoders import load_resized
-    from mult.train.data import load_training_set
+    from mult.datasets import load_training_set
 
     train = load_training_set(dataset, data_root)
     records = train.visible if Modality(modality) is Modality.visible else train.infrared
@@ -243,7 +243,7 @@ def export_all(source: Path, cfg: Any, work: Path, args: argparse.Namespace, *,
 
 def accuracy(exports: dict[str, dict[str, Any]], dataset: str, root: Path, trials: int) -> dict[str, Any]:
     """The dataset protocol through each precision's ONNX model, and the change against FP32 (points)."""
-    from mult.evaluation import evaluate_dataset
+    from mult.datasets import evaluate_dataset
     from mult.serving.onnx_local import OnnxEncoder
 
     out: dict[str, Any] = {}
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     from mult.export.onnx_export import torch_embeddings
     from mult.serving.onnx_local import OnnxEncoder
-    from mult.train.run import find_run_model
+    from mult.runs import find_run_model
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

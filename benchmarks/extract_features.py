@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     from mult.errors import MultError
     from mult.features import TorchEncoder
     from mult.io import atomic_path
-    from mult.train.data import load_training_set
-    from mult.train.run import RunDir
+    from mult.datasets import load_training_set
+    from mult.runs import RunDir
 
     try:
         run = RunDir(args.run)

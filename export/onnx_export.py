@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mult.data.records import Modality
+from mult.data.records import Modality, as_modality
 from mult.errors import MultError
 from mult.export.layout import INPUT_NAME, META_PREFIX, OUTPUT_NAME
 from mult.io import PathLike, atomic_path
@@ -72,13 +72,6 @@ class ParityReport:
         return data
 
 
-def _modality(modality: Union[Modality, str]) -> Modality:
-    try:
-        return Modality(modality)
-    except ValueError:
-        raise MultError(f"unknown modality {modality!r}: use 'visible' or 'infrared'") from None
-
-
 def _check_size(height: int, width: int) -> None:
     if int(height) < 16 or int(width) < 16:
         raise MultError(f"input size {height}x{width} is too small for a ResNet: use at least 16x16 (e.g. 288x144)")
@@ -101,7 +94,7 @@ def export_onnx(
     weights inside the file); its deprecation warning is silenced. The file
     appears only when complete (temporary name + rename). The model's train/eval mode is restored afterwards.
     """
-    modality = _modality(modality)
+    modality = as_modality(modality)
     _check_size(height, width)
     path = Path(path)
     wrapper = UInt8StemEmbedder(model, modality, flip=flip)
@@ -230,7 +223,7 @@ def parity_check(
     axis was frozen fails here. ``flip`` defaults to the setting stored in the ONNX metadata. Returns the
     worst absolute difference and the smallest row cosine; raises MultError beyond the tolerances.
     """
-    modality = _modality(modality)
+    modality = as_modality(modality)
     session = onnx_session(onnx_path)
     meta = {k[len(META_PREFIX):]: v for k, v in session.get_modelmeta().custom_metadata_map.items()
             if k.startswith(META_PREFIX)}

@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from mult.config import TrainConfig
-from mult.data.images import IMAGE_EXTENSIONS, is_image_file
+from mult.data.images import IMAGE_EXTENSIONS, is_image_file, load_resized
 from mult.data.records import Modality
 from mult.errors import MultError
 from mult.export.layout import (
@@ -198,19 +198,10 @@ def next_version(repo: Path) -> int:
 
 def _checkpoint_file(source: Path) -> Path:
     if source.is_dir():
-        from mult.train.run import RunDir
+        from mult.runs import RunDir
 
         return RunDir(source).require().checkpoint_path
     return source
-
-
-def _load_resized(paths: Sequence[str], height: int, width: int) -> np.ndarray:
-    """uint8 [N, H, W, 3] RGB, resized as the evaluation transform does (PIL bilinear)."""
-    from PIL import Image
-
-    from mult.data.images import load_image
-
-    return np.stack([np.asarray(load_image(p).resize((width, height), Image.BILINEAR)) for p in paths])
 
 
 def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -228,7 +219,7 @@ def training_image_paths(modality: Modality, cfg: TrainConfig, n: int) -> tuple[
 
     A missing or unreadable dataset is a MultError (the callers decide whether that is fatal).
     """
-    from mult.train.data import load_training_set
+    from mult.datasets import load_training_set
 
     root = Path(cfg.data_root).expanduser()
     train = load_training_set(cfg.dataset, root, regdb_split=cfg.regdb_split)
@@ -256,12 +247,12 @@ def parity_images(
     """
     if calibration_images:
         paths = [os.fspath(p) for p in calibration_images]
-        return _load_resized(paths, height, width), f"files ({len(paths)} given)"
+        return load_resized(paths, height, width), f"files ({len(paths)} given)"
     if cfg is None or not cfg.data_root:
         return random_images(n, height, width, seed), "random (no dataset recorded in the run config)"
     try:
         paths, root = training_image_paths(modality, cfg, n)
-        images = _load_resized(paths, height, width)
+        images = load_resized(paths, height, width)
     except MultError as err:
         return random_images(n, height, width, seed), f"random (dataset unavailable: {err})"
     return images, f"dataset {cfg.dataset} at {root} ({len(images)} {modality.value} images)"
@@ -302,7 +293,7 @@ def int8_calibration_images(
             raise MultError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) for INT8 calibration; "
                             "put some images of the served kind there")
         picked = [files[i] for i in _spread(len(files), n)]
-        return _load_resized(picked, height, width), f"folder {source} ({len(picked)} of {len(files)} images)"
+        return load_resized(picked, height, width), f"folder {source} ({len(picked)} of {len(files)} images)"
     if cfg is None or not cfg.data_root:
         raise MultError("INT8 needs calibration images and the run config records no dataset; pass "
                         "--calibration-dir DIR (a folder of person crops, optionally with visible/ and infrared/)")
@@ -311,7 +302,7 @@ def int8_calibration_images(
     except MultError as err:
         raise MultError(f"INT8 needs calibration images and the run's dataset is unavailable ({err}); pass "
                         "--calibration-dir DIR") from None
-    images = _load_resized(paths, height, width)
+    images = load_resized(paths, height, width)
     return images, f"dataset {cfg.dataset} at {root} ({len(images)} {modality.value} training images)"
 
 
@@ -402,7 +393,7 @@ def write_model_repository(
     calibrated on ``calibration_count`` images per stem from ``calibration_dir`` or, by default, the run's
     training images (:func:`int8_calibration_images`).
     """
-    from mult.train.run import find_run_model
+    from mult.runs import find_run_model
 
     source = Path(source).expanduser()
     repo = Path(repo).expanduser()

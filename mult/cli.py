@@ -176,7 +176,7 @@ def train(
     Several processes: torchrun --nproc_per_node 2 -m mult train ... (DistributedDataParallel).
     """
     from mult.config import TrainConfig, preset_config
-    from mult.train.run import RunDir
+    from mult.runs import RunDir
 
     if resume:
         cfg = RunDir(out).config() if RunDir(out).config_path.is_file() else None
@@ -264,11 +264,11 @@ def evaluate(
 
     Example: mult evaluate runs/demo --json;  mult evaluate runs/demo --server 127.0.0.1:8001
     """
-    from mult.evaluation import evaluate_dataset
+    from mult.datasets import evaluate_dataset
 
     cfg = None
     if run_dir is not None:
-        from mult.train.run import RunDir
+        from mult.runs import RunDir
 
         run = RunDir(run_dir).require()
         cfg = run.config()

@@ -9,12 +9,12 @@ from typing import Optional
 
 import typer
 
+from mult.datasets import DATASETS
 from mult.errors import MultError
 
 
-class DatasetFormat(str, Enum):
-    sysu = "sysu"
-    regdb = "regdb"
+#: Dataset choices come from the one table (mult.datasets.DATASETS), so the CLI cannot list one it cannot load.
+DatasetFormat = Enum("DatasetFormat", {name: name for name in DATASETS}, type=str)
 
 
 class Direction(str, Enum):

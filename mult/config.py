@@ -60,10 +60,11 @@ def field_rules() -> dict[str, Rule]:
     """What each TrainConfig field accepts: checked when a config is built, so a bad value stops a run
     before any data is read (not minutes later, inside the step that first uses it)."""
     from mult.backbones import ARCHS  # imports torch: only when a config is built
+    from mult.datasets import DATASETS
 
     unit, positive = _number(0.0, 1.0), _number(0.0, lo_open=True)
     return {
-        "dataset": _choice("sysu", "regdb"), "data_root": _TEXT, "regdb_split": _integer(1, 10),
+        "dataset": _choice(*DATASETS), "data_root": _TEXT, "regdb_split": _integer(1, 10),
         "height": _integer(16), "width": _integer(16),  # the backbones downsample 16x (see export's size check)
         "workers": _integer(0), "arch": _choice(*ARCHS),
         "pretrained": ((lambda v: v is None or (isinstance(v, str) and bool(v.strip()))),

@@ -93,7 +93,7 @@ def render_data(opts: DemoOptions, echo: Echo) -> None:
 
 def train(opts: DemoOptions, echo: Echo) -> None:
     from mult.config import preset_config
-    from mult.train.run import RunDir
+    from mult.runs import RunDir
     from mult.train.trainer import Trainer
 
     run = RunDir(opts.run)
@@ -138,7 +138,7 @@ def build_gallery(opts: DemoOptions, server_url: str, echo: Echo) -> None:
 
 def untrained_accuracy(opts: DemoOptions) -> Optional[dict[str, float]]:
     """The all-search row the trainer recorded for the untrained start (epoch -1), if it evaluated one."""
-    from mult.train.run import RunDir
+    from mult.runs import RunDir
 
     for entry in RunDir(opts.run).metrics():
         if entry.get("stage") == "init" and "sysu-all" in entry.get("eval", {}):

@@ -15,7 +15,7 @@ import numpy as np
 from mult.data.records import Modality, Record
 from mult.data.regdb import RegDB
 from mult.data.sysu import SYSUMM01
-from mult.features import Encoder
+from mult.encoder import Encoder
 from mult.metrics.protocol import ProtocolSummary, evaluate_regdb_splits, evaluate_sysu_trials
 
 
@@ -57,11 +57,3 @@ def evaluate_regdb_dataset(encoder: Encoder, root: Path, *, split: int = 1) -> d
         "regdb-t2v": evaluate_regdb_splits([(t_feats, t_pids, v_feats, v_pids)], protocol="regdb-t2v",
                                            labels=[f"split {split}"]),
     }
-
-
-def evaluate_dataset(encoder: Encoder, dataset: str, root: Path, *, trials: int = 10, split: int = 1
-                     ) -> dict[str, ProtocolSummary]:
-    """The published protocol of ``dataset`` ("sysu" or "regdb")."""
-    if dataset == "sysu":
-        return evaluate_sysu_dataset(encoder, root, trials=trials)
-    return evaluate_regdb_dataset(encoder, root, split=split)

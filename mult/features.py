@@ -1,14 +1,13 @@
-"""Turning images into embeddings: the encoder interface and its in-process torch implementation.
+"""The in-process torch implementation of the encoder interface (:class:`mult.encoder.Encoder`).
 
-Everything that needs embeddings (clustering during training, evaluation, gallery indexing) takes an object
-with ``encode(paths, modality) -> float32 [N, D]`` unit-norm rows. ``TorchEncoder`` runs the training model
-in-process; the ONNX Runtime and Triton encoders of ``mult.serving`` have the same method, so the same
-evaluation code can prove a deployment reproduces the training-time numbers.
+``TorchEncoder`` runs the training model in-process; the ONNX Runtime and Triton encoders of ``mult.serving``
+have the same method, so the same evaluation code can prove a deployment reproduces the training-time numbers.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, Union
+import hashlib
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,12 +17,7 @@ from tqdm import tqdm
 from mult.data.images import load_image
 from mult.data.records import Modality
 from mult.data.transforms import eval_transform
-
-
-class Encoder(Protocol):
-    def encode(self, paths: Sequence[str], modality: Union[Modality, str]) -> np.ndarray:
-        """Unit-norm float32 embeddings [len(paths), D] of the image files, through ``modality``'s stem."""
-        ...
+from mult.encoder import Encoder  # noqa: F401  (the interface TorchEncoder implements)
 
 
 class ImageFiles(Dataset):
@@ -59,6 +53,15 @@ class TorchEncoder:
         self.flip = flip
         self.workers = workers
         self.progress = progress
+
+    def model_info(self) -> dict[str, Any]:
+        """What a gallery records about this model: architecture, flip and a sha256 over the weights
+        (names and raw bytes of the state dict), which tells two sets of weights apart."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return {"arch": getattr(self.model, "arch", None), "flip": bool(self.flip), "weights_sha256": digest.hexdigest()}
 
     @torch.no_grad()
     def encode(self, paths: Sequence[str], modality: Union[Modality, str]) -> np.ndarray:

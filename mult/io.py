@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Union
@@ -54,6 +56,53 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def staging_directory(target: PathLike) -> Path:
+    """An empty hidden folder beside ``target`` to build it in: ``.<name>.<owner tag>XXXX.tmp``, mode 0755.
+
+    Staging folders of writers killed mid-write (kill -9 runs no cleanup) are removed first; the owner tag in
+    the name (:func:`mult.processes.owner_tag`) tells them from a live writer's.
+    """
+    from mult.processes import owner_tag, remove_stale
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target.parent, f".{glob.escape(target.name)}.*.tmp")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{owner_tag()}", suffix=".tmp", dir=target.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700; results are meant to be shared (e.g. with a Triton container)
+    return staging
+
+
+def publish_directory(staging: PathLike, target: PathLike, *, replace: bool = False) -> None:
+    """Rename the finished ``staging`` folder to ``target``.
+
+    Without ``replace`` an existing non-empty ``target`` is an OSError (ENOTEMPTY) and is left alone. With it the
+    old folder is renamed aside first and deleted last, so a crash leaves the old or the new folder in place (or,
+    between the two renames, the old one under ``.<name>.XXXX.old``).
+    """
+    staging, target = Path(staging), Path(target)
+    if not (replace and target.exists()):
+        os.rename(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(aside)
+    os.rename(target, aside)
+    os.rename(staging, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """The one way a folder result is written: yield a :func:`staging_directory`, fill it in the block; on
+    success it becomes ``target`` (:func:`publish_directory`), on any error it is removed and ``target`` is as
+    it was."""
+    staging = staging_directory(target)
+    try:
+        yield staging
+        publish_directory(staging, target, replace=replace)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

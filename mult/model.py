@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mult.backbones import PretrainedWeightsWarning, build_backbone, imagenet_weights_file, split_imagenet_state
 from mult.io import PathLike
-from mult.data.records import Modality
+from mult.data.records import Modality, as_modality
 from mult.errors import MultError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -96,7 +96,7 @@ class StemEmbedder(nn.Module):
 
     def __init__(self, encoder: "TwoStreamEncoder", modality: Union[Modality, str], flip: bool = False) -> None:
         super().__init__()
-        modality = _as_modality(modality)
+        modality = as_modality(modality)
         self.modality = modality.value
         self.flip = bool(flip)
         self.stem = encoder.stem(modality)
@@ -107,14 +107,6 @@ class StemEmbedder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return _embed(x, self.stem, self.trunk, self.neck, self.pixel_mean, self.pixel_std, self.flip)
-
-
-def _as_modality(modality: Union[Modality, str]) -> Modality:
-    try:
-        return Modality(modality)
-    except ValueError:
-        names = ", ".join(m.value for m in Modality)
-        raise MultError(f"unknown modality {modality!r}: use one of {names}") from None
 
 
 def _config_get(cfg: Any, key: str, default: Any) -> Any:
@@ -173,7 +165,7 @@ class TwoStreamEncoder(nn.Module):
 
     def stem(self, modality: Union[Modality, str]) -> nn.Module:
         """The stem module for ``modality`` (visible or infrared)."""
-        return self.visible_stem if _as_modality(modality) is Modality.visible else self.infrared_stem
+        return self.visible_stem if as_modality(modality) is Modality.visible else self.infrared_stem
 
     def stem_module(self, modality: Union[Modality, str], flip: bool = False) -> StemEmbedder:
         """A module embedding one modality (for ONNX export / serving); shares this encoder's weights."""

@@ -2,7 +2,8 @@
 
 Both encoders turn image files into unit-norm embeddings through the same served graph (uint8 NHWC RGB in,
 FP32 ``[N, D]`` out, DESIGN.md "Served model"). The only preprocessing outside the graph is the resize, and it
-lives here once (:func:`load_resized`) so the ONNX, Triton and torch paths see identical pixels:
+lives once in :func:`mult.data.images.load_resized` (re-exported here) so the ONNX, Triton, page and torch paths see
+identical pixels:
 
 * decoding: :func:`mult.data.images.load_image` (corrupt files become a MultError naming the file);
 * resize: Pillow bilinear to ``(width, height)``, which is what ``mult.data.transforms.eval_transform``'s
@@ -26,16 +27,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
-from PIL import Image
 
 from mult.io import PathLike, file_sha256
-from mult.data.images import load_image
-from mult.data.records import Modality
+from mult.data.images import load_resized  # noqa: F401  (public here: the serving front end)
+from mult.data.records import Modality, as_modality
 from mult.errors import MultError
 
-
-#: The resample filter of the evaluation transform (torchvision Resize on a PIL image = Pillow BILINEAR).
-RESAMPLE = Image.Resampling.BILINEAR
 
 #: Export-manifest fields that say which weights a served version holds. ``mult serve`` publishes them per version
 #: in the runtime config's parameters (:func:`identity_parameter`), so a Triton client reads what the server
@@ -77,22 +74,6 @@ def export_identity(version: int, manifests: Mapping[Modality, Mapping[str, Any]
         if manifest.get("onnx_sha256"):
             info[f"onnx_sha256_{modality.value}"] = str(manifest["onnx_sha256"])
     return info
-
-
-def as_modality(modality: Union[Modality, str]) -> Modality:
-    """``"visible"`` / ``"infrared"`` / a :class:`Modality` -> Modality; anything else is a MultError."""
-    try:
-        return Modality(modality)
-    except ValueError:
-        raise MultError(f"unknown modality {modality!r}: use 'visible' or 'infrared'") from None
-
-
-def load_resized(paths: Sequence[PathLike], height: int, width: int) -> np.ndarray:
-    """Decode image files and resize them as the evaluation transform does: uint8 ``[N, height, width, 3]`` RGB."""
-    out = np.empty((len(paths), int(height), int(width), 3), dtype=np.uint8)
-    for i, path in enumerate(paths):  # one decode per file is inherent; the array is filled in place
-        out[i] = np.asarray(load_image(path).resize((int(width), int(height)), RESAMPLE))
-    return out
 
 
 def check_images(images: Any, height: int, width: int) -> np.ndarray:

@@ -55,8 +55,8 @@ from tqdm import tqdm
 
 from mult.io import PathLike, file_sha256
 from mult.processes import owner_tag, remove_stale
-from mult.data.folder import as_modality, read_folder
-from mult.data.records import Modality, Record
+from mult.data.folder import read_folder
+from mult.data.records import Modality, Record, as_modality
 from mult.errors import MultError
 from mult.serving.faiss_index import IndexSpec, add_vectors, build_index, measure_recall, search_params
 
@@ -102,7 +102,7 @@ def records_for_gallery(
       cams 1, 2, 4, 5; infrared: cams 3, 6).
     * ``dataset="regdb"`` + ``data_root``: split ``regdb_split``'s test images of ``modality``.
     """
-    wanted = as_modality(modality)
+    wanted = as_modality(modality, optional=True)
     if wanted is None:
         raise MultError("the gallery needs a modality: 'visible' or 'infrared'")
     if (images_dir is None) == (dataset is None):
@@ -126,22 +126,13 @@ def records_for_gallery(
 
 
 # ================================================================================================ encoder
-def _fingerprint_torch(model: Any) -> str:
-    """sha256 over a torch module's state dict (names and raw bytes): tells two sets of weights apart."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def encoder_info(encoder: Any) -> dict[str, Any]:
     """What the manifest records about the model that made the embeddings (provenance + identity).
 
     Uses ``encoder.model_info`` (a dict, or a method returning one) when present, then simple attributes
     (``model_name``, ``model_version``, ``name``, ``version``, ``embedding_size``, ``height``, ``width``,
-    ``flip``, ``server``); for an in-process :class:`mult.features.TorchEncoder` the architecture, flip and a sha256
-    of the weights.
+    ``flip``, ``server``); an in-process :class:`mult.features.TorchEncoder` gives its architecture, flip and a
+    sha256 of the weights through ``model_info``.
     """
     info: dict[str, Any] = {"encoder": type(encoder).__name__}
     provided = getattr(encoder, "model_info", None)
@@ -154,11 +145,6 @@ def encoder_info(encoder: Any) -> dict[str, Any]:
         value = getattr(encoder, attr, None)
         if attr not in info and isinstance(value, (str, int, float, bool)) and not callable(value):
             info[attr] = value
-    features = sys.modules.get("mult.features")  # a TorchEncoder can only exist if its module is loaded
-    if features is not None and isinstance(encoder, features.TorchEncoder):
-        info.setdefault("arch", getattr(encoder.model, "arch", None))
-        info["flip"] = bool(encoder.flip)
-        info["weights_sha256"] = _fingerprint_torch(encoder.model)
     return info
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from mult.io import PathLike, write_failure_as_error
-from mult.data.folder import as_modality
-from mult.data.records import Modality
+from mult.data.records import Modality, as_modality
 from mult.errors import MultError
 from mult.serving.faiss_index import RECALL_K, IndexSpec
 from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, Hit, build_gallery, check_same_model, encoder_info,
@@ -130,7 +129,7 @@ def index_build(
     source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else
               {"dataset": str(dataset), "data_root": os.path.abspath(os.fspath(data_root or "")),
                **({"regdb_split": regdb_split} if str(dataset).lower() == "regdb" else {})})
-    source["modality"] = as_modality(modality).value
+    source["modality"] = as_modality(modality, optional=True).value
     started = time.perf_counter()
     unchanged = "the gallery there is unchanged" if Path(out).expanduser().exists() else "no gallery was written"
     with write_failure_as_error(out, unchanged):  # build_gallery stages and renames: a failed write leaves nothing
@@ -235,7 +234,7 @@ def search_query(
     colours the hits green/red and adds a match column. ``verify=False`` skips the checksums (sizes and
     counts are still checked), which saves reading a multi-GB index twice.
     """
-    wanted = as_modality(query_modality)
+    wanted = as_modality(query_modality, optional=True)
     if save_ranklist is not None:  # before the embedding and search: a path that cannot take the PNG fails now
         from mult.serving.ranklist import check_ranklist_path
 

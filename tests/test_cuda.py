@@ -16,7 +16,7 @@ from benchmarks.bench_label_transfer import MATRICES, cross_modal_features
 from mult.config import preset_config
 from mult.train.clustering import dbscan_cluster, sparse_jaccard_distance
 from mult.train.label_transfer import mult_label_transfer
-from mult.train.run import RunDir
+from mult.runs import RunDir
 from mult.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -125,7 +125,8 @@ def _sideways_jpeg(path: Path, upright: Image.Image) -> None:
 def test_exif_rotated_jpeg_same_pixels_and_ranking_cli_and_page(tiny_export, gallery, tmp_path, capsys):
     """issue 16 item 6: the page applied EXIF orientation, `mult search` and indexing did not; now one decoder."""
     from mult.app.search_page import SearchService, read_upload
-    from mult.serving.encoders import RESAMPLE, load_resized, open_encoder
+    from mult.data.images import RESAMPLE
+    from mult.serving.encoders import load_resized, open_encoder
     from mult.serving.gallery import Gallery
 
     rng = np.random.default_rng(3)

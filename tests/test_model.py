@@ -122,7 +122,7 @@ def test_flip_averaging_equals_manual(enc):
 
 def test_embed_rejects_bad_modality_and_uint8(enc):
     with pytest.raises(MultError):
-        enc.embed(images(1, 0), "thermal")
+        enc.embed(images(1, 0), "depth")  # thermal is a synonym of infrared (mult.data.records.as_modality)
     with pytest.raises(TypeError):
         enc.embed((images(1, 0) * 255).to(torch.uint8), "visible")
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mult.data.folder import as_modality, read_folder
+from mult.data.folder import read_folder
+from mult.data.records import as_modality
 from mult.data.images import image_problem, is_image_file, load_image, load_image_bytes
 from mult.data.records import Modality
 from mult.data.regdb import RegDB, parse_idx_lines
@@ -338,7 +339,7 @@ def test_read_folder(tmp_path, write_tiny_image):
 
 def test_as_modality():
     assert as_modality("thermal") is Modality.infrared and as_modality("RGB") is Modality.visible
-    assert as_modality(Modality.visible) is Modality.visible and as_modality(None) is None
+    assert as_modality(Modality.visible) is Modality.visible and as_modality(None, optional=True) is None
 
 
 # ------------------------------------------------------------------------------------------------- images

@@ -262,7 +262,7 @@ def test_onnx_encoder(tiny_export, local, image_files):
     with pytest.raises(MultError, match=r"shape \[N, 64, 32, 3\]"):
         local.encode_array(array[:, :60], "visible")
     with pytest.raises(MultError, match="unknown modality"):
-        local.encode(image_files, "thermal")
+        local.encode(image_files, "depth")  # "thermal" is a synonym of infrared
     with pytest.raises(MultError, match="not available here"):
         OnnxEncoder(tiny_export.repo, providers=["NoSuchExecutionProvider"])
 

@@ -17,7 +17,7 @@ from mult.cli import _parse_sets
 from mult.config import TrainConfig, preset_config
 from mult.errors import MultError
 from mult.train.pseudo_labels import EpochLabels, ModalityClusters, label_diagnostics, make_epoch_labels
-from mult.train.run import RunDir
+from mult.runs import RunDir
 from mult.train.trainer import Trainer
 
 warnings.filterwarnings("ignore", message=".*random weights.*")

@@ -1,54 +1,14 @@
-"""Training data: the unlabelled visible and infrared images of a dataset, and the paired batch loader."""
+"""The paired batch loader of training (the training images themselves: :func:`mult.datasets.load_training_set`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mult.data.images import load_image
-from mult.data.records import Modality, Record
-from mult.data.regdb import RegDB
-from mult.data.sysu import SYSUMM01
 from mult.data.transforms import StageTransforms
-
-
-@dataclass(frozen=True)
-class TrainingSet:
-    """The training images of both modalities. ``*_pids`` are ground truth used ONLY for diagnostics
-    (pseudo-label quality); training never reads them. -1 where unknown."""
-
-    visible: tuple[Record, ...]
-    infrared: tuple[Record, ...]
-
-    @property
-    def visible_paths(self) -> list[str]:
-        return [r.path for r in self.visible]
-
-    @property
-    def infrared_paths(self) -> list[str]:
-        return [r.path for r in self.infrared]
-
-    @property
-    def visible_pids(self) -> np.ndarray:
-        return np.array([-1 if r.pid is None else r.pid for r in self.visible])
-
-    @property
-    def infrared_pids(self) -> np.ndarray:
-        return np.array([-1 if r.pid is None else r.pid for r in self.infrared])
-
-
-def load_training_set(dataset: str, root: Path, *, regdb_split: int = 1) -> TrainingSet:
-    """Training records of SYSU-MM01 (train ∪ val ids) or of one RegDB split, sorted by path."""
-    if dataset == "sysu":
-        reader = SYSUMM01(root)
-    else:
-        reader = RegDB(root, split=regdb_split)
-    return TrainingSet(tuple(reader.train(Modality.visible)), tuple(reader.train(Modality.infrared)))
 
 
 class PairedImages(Dataset):

@@ -33,7 +33,8 @@ from mult.data.transforms import train_transforms
 from mult.errors import MultError
 from mult.io import atomic_path, save_torch_atomic, write_text_atomic
 from mult.model import TwoStreamEncoder
-from mult.train.data import PairedImages, load_training_set, paired_loader
+from mult.datasets import load_training_set
+from mult.train.data import PairedImages, paired_loader
 from mult.train.samplers import stage_two_batches
 
 ENCODER_FILE = "encoder.pth"

@@ -22,18 +22,18 @@ from tqdm import tqdm
 from mult.config import TrainConfig
 from mult.data.transforms import eval_transform, train_transforms
 from mult.errors import MultError
-from mult.evaluation import evaluate_dataset
+from mult.datasets import evaluate_dataset, load_training_set
 from mult.features import ImageFiles, TorchEncoder
 from mult.io import save_torch_atomic, write_text_atomic
 from mult.model import TwoStreamEncoder
-from mult.train.data import PairedImages, load_training_set, paired_loader
+from mult.train.data import PairedImages, paired_loader
 from mult.train.distributed import DistContext
 from mult.train.losses import UnifiedSpace, amirl_loss, dcl_loss
 from mult.train.memory import ClusterMemory
 from mult.train.plots import plot_run
 from mult.train.precise_bn import recalibrate_batchnorm
 from mult.train.pseudo_labels import EpochLabels, label_diagnostics, make_epoch_labels
-from mult.train.run import RunDir, load_checkpoint, load_weights, model_weights
+from mult.runs import RunDir, load_checkpoint, load_weights, model_weights
 from mult.train.samplers import stage_one_batches, stage_two_batches
 
 

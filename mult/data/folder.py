@@ -14,27 +14,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from mult.data.images import scan_image_files
-from mult.data.records import Modality, Record
+from mult.data.records import Modality, Record, as_modality
 from mult.errors import MultError
-
-_MODALITY_NAMES: dict[str, Modality] = {
-    "visible": Modality.visible,
-    "rgb": Modality.visible,
-    "infrared": Modality.infrared,
-    "ir": Modality.infrared,
-    "thermal": Modality.infrared,
-}
-
-
-def as_modality(modality: Union[Modality, str, None]) -> Optional[Modality]:
-    """``Modality`` from an enum or a name (visible/rgb, infrared/ir/thermal); ``None`` passes through."""
-    if modality is None or isinstance(modality, Modality):
-        return modality
-    try:
-        return _MODALITY_NAMES[str(modality).strip().lower()]
-    except KeyError:
-        raise MultError(f"modality {modality!r} is unknown; use 'visible' or 'infrared' (or 'thermal')") from None
-
 
 def _folder_pid(relative: str) -> Optional[int]:
     parts = relative.split(os.sep)
@@ -59,7 +40,7 @@ def read_folder(
     to ``skipped`` when given, else a warning. Raises MultError when ``root`` is not a folder or holds no image.
     """
     folder = Path(root).expanduser()
-    wanted = as_modality(modality)
+    wanted = as_modality(modality, optional=True)
     if wanted is None:
         raise MultError("read_folder needs a modality: 'visible' or 'infrared'")
     if not folder.is_dir():

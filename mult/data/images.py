@@ -27,7 +27,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -224,6 +224,25 @@ def load_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     or larger than ``max_pixels``.
     """
     return decode_image(path, max_pixels=max_pixels)
+
+
+#: The one resize between a decoded image and the model: what ``mult.data.transforms.eval_transform``'s
+#: ``torchvision.transforms.Resize((h, w))`` does to a PIL image (default BILINEAR), so the torch, ONNX, Triton and
+#: page paths all see identical pixels.
+RESAMPLE = Image.Resampling.BILINEAR
+
+
+def resize_uint8(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """An RGB ``PIL.Image`` as the model's input pixels: uint8 ``[height, width, 3]``, resized with :data:`RESAMPLE`."""
+    return np.asarray(image.resize((int(width), int(height)), RESAMPLE))
+
+
+def load_resized(paths: Sequence[PathLike], height: int, width: int) -> np.ndarray:
+    """Decode image files and resize them as the evaluation transform does: uint8 ``[N, height, width, 3]`` RGB."""
+    out = np.empty((len(paths), int(height), int(width), 3), dtype=np.uint8)
+    for i, path in enumerate(paths):  # one decode per file is inherent; the array is filled in place
+        out[i] = resize_uint8(load_image(path), height, width)
+    return out
 
 
 def load_image_bytes(

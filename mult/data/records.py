@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
+from typing import Optional, Union
+
+from mult.errors import MultError
 
 
 class Modality(str, Enum):
@@ -12,6 +14,30 @@ class Modality(str, Enum):
 
     visible = "visible"
     infrared = "infrared"
+
+
+#: Every name a user may give a modality: the enum values and the field's usual synonyms.
+_MODALITY_NAMES: dict[str, Modality] = {
+    "visible": Modality.visible,
+    "rgb": Modality.visible,
+    "infrared": Modality.infrared,
+    "ir": Modality.infrared,
+    "thermal": Modality.infrared,
+}
+
+
+def as_modality(modality: Union[Modality, str, None], *, optional: bool = False) -> Optional[Modality]:
+    """The one parser of modality names: a :class:`Modality` or visible/rgb, infrared/ir/thermal (any case).
+
+    ``None`` is allowed only with ``optional=True`` (a reader's "both modalities") and passes through; anything
+    else unknown is a one-line MultError.
+    """
+    if isinstance(modality, Modality) or (modality is None and optional):
+        return modality
+    try:
+        return _MODALITY_NAMES[str(modality).strip().lower()]
+    except KeyError:
+        raise MultError(f"unknown modality {modality!r}: use 'visible' or 'infrared' (or 'rgb', 'ir', 'thermal')") from None
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
-from mult.data.folder import as_modality
-from mult.data.records import Modality, Record
+from mult.data.records import Modality, Record, as_modality
 from mult.errors import MultError
 from mult.io import read_dataset_text
 
@@ -128,7 +127,7 @@ class RegDB:
         return self._cache[key]
 
     def _modalities(self, modality: Union[Modality, str, None]) -> tuple[Modality, ...]:
-        wanted = as_modality(modality)
+        wanted = as_modality(modality, optional=True)
         return (Modality.visible, Modality.infrared) if wanted is None else (wanted,)
 
     def train(self, modality: Union[Modality, str, None] = None) -> list[Record]:

@@ -26,9 +26,8 @@ from typing import Literal, Sequence, Union
 
 import numpy as np
 
-from mult.data.folder import as_modality
 from mult.data.images import list_image_files
-from mult.data.records import Modality, Record
+from mult.data.records import Modality, Record, as_modality
 from mult.errors import MultError
 from mult.io import read_dataset_text
 
@@ -184,7 +183,7 @@ class SYSUMM01:
         """
         pids = sorted(set(self._ids["train"]) | set(self._ids["val"]))
         self._require_images(pids, "train/val")
-        wanted = as_modality(modality)
+        wanted = as_modality(modality, optional=True)
         cameras = [c for c in ALL_CAMERAS if wanted is None or camera_modality(c) == wanted]
         return self._records([(c, p) for c in cameras for p in pids])
 
