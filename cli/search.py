@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from mult.cli_common import DatasetFormat, Direction, encoder_from_options, print_json
+from mult.cli.common import DatasetFormat, Direction, encoder_from_options, print_json
 
 index_app = typer.Typer(help="Build, extend and inspect FAISS gallery indexes.", no_args_is_help=True)
 search_commands = typer.Typer()
@@ -153,7 +153,7 @@ def app_command(
     Example: mult app --index gallery --server 127.0.0.1:8001 --port 7860
     """
     from mult.app.search_page import run_app
-    from mult.cli_common import DEFAULT_SERVER
+    from mult.cli.common import DEFAULT_SERVER
 
     if server is None and local is None:
         server = DEFAULT_SERVER

@@ -1,4 +1,4 @@
-"""Pieces shared by the command modules (`mult.cli`, `mult.cli_search`): option enums and JSON output."""
+"""Pieces shared by the command modules (`mult.cli`, `mult.cli.search`): option enums and JSON output."""
 
 from __future__ import annotations
 

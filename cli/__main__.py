@@ -1,0 +1,5 @@
+"""``python -m mult.cli`` runs the command line."""
+
+from mult.cli import main
+
+main()
