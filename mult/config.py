@@ -11,7 +11,7 @@ import functools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -83,7 +83,7 @@ def field_rules() -> dict[str, Rule]:
         "eval_trials": _integer(1), "seed": _integer(0),
         "device": ((lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None),
                    "auto | cpu | cuda | cuda:N"),
-        "amp": _BOOL, "preset": _TEXT, "extra": ((lambda v: isinstance(v, dict)), "a JSON object"),
+        "amp": _BOOL, "preset": _TEXT,
     }
 
 
@@ -144,7 +144,6 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # used only on CUDA
     preset: str = "sysu"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -178,11 +177,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)} | {"depth"}
+        known = {f.name for f in fields(cls)} | {"depth", "extra"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise MultError(f"unknown config field(s) {', '.join(unknown)}; see `mult train --help`")
         data = dict(data)
+        if data.pop("extra", None):  # a free-form field nothing ever read; runs saved with it wrote {}
+            raise MultError("config field extra is no longer read; move its values to real fields (--set name=value)")
         if "depth" in data:  # the field's name before MobileNetV2 joined the ResNets
             data.setdefault("arch", data.pop("depth"))
         # runs saved before the field existed wrote their memories after the step: resume them the same way

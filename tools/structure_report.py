@@ -23,6 +23,8 @@ import tomllib
 from pathlib import Path
 
 FLOORS = ("core", "train", "export", "serving", "app", "cli")
+#: ``python -m mult`` only launches the command line; the layer contract places it with the cli floor.
+LAUNCHERS = {"mult.__main__": "cli"}
 BIG_MODULE_LINES = 400
 LONG_FUNCTION_LINES = 80
 
@@ -51,7 +53,7 @@ def package_modules(root: Path) -> dict[str, tuple[Path, str]]:
                 continue
             name = ".".join([package, *parts])
             # the longest mapped package is walked first: mult.train's folder wins over a stray mult/train
-            modules.setdefault(name, (path, floor))
+            modules.setdefault(name, (path, LAUNCHERS.get(name, floor)))
     return modules
 
 
