@@ -164,7 +164,7 @@ def test_kill9_of_serve_takes_triton_and_stubs_down_and_the_next_serve_cleans_up
     repository stayed in the temporary folder. Now Triton gets the parent-death signal and shuts its stubs down
     within seconds (a port check meanwhile waits for it rather than failing); the next `mult serve` starts on the
     same ports and removes the dead one's runtime folder (never a live writer's)."""
-    from mult.serving.triton_server import check_port_free
+    from mult.serving.triton_ports import check_port_free
 
     tmp, env = private_tmp
     ports = _free_ports(3)
@@ -312,7 +312,8 @@ def test_kill9_of_export_mid_write_is_cleaned_by_the_next_export(tiny_export, tm
 _STAGE_AND_HANG = """
 import sys, time
 from pathlib import Path
-from mult.serving.gallery import INDEX_FILE, _staging_dir
+from mult.io import staging_directory as _staging_dir  # what the gallery stages in
+from mult.serving.gallery import INDEX_FILE
 staging = _staging_dir(Path(sys.argv[1]))
 (staging / INDEX_FILE).write_bytes(b"half an index")
 print(staging, flush=True)

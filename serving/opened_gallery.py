@@ -1,0 +1,227 @@
+"""An opened gallery: the faiss index, one record per vector id and the manifest; search it, add to it.
+
+Building one is :func:`mult.serving.gallery_build.build_gallery`; the files are
+:mod:`mult.serving.gallery_format`; :mod:`mult.serving.gallery` is the public face of both.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import faiss
+import numpy as np
+
+from mult.data.records import Modality, Record
+from mult.errors import MultError
+from mult.io import PathLike, atomic_directory
+from mult.serving.faiss_index import IndexSpec, add_vectors, measure_recall, search_params
+from mult.serving.gallery_embedding import DEFAULT_CHUNK, embed_records
+from mult.serving.gallery_format import (INDEX_FILE, MANIFEST_FILE, METADATA_FILE, modality_counts, read_gallery,
+                                         utc_now, write_gallery_files)
+from mult.serving.gallery_lock import update_lock
+from mult.serving.gallery_model import check_same_model, encoder_info
+from mult.serving.gallery_records import absolute_records
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``rank`` starts at 1; ``score`` is the cosine similarity (1 = identical)."""
+
+    rank: int
+    id: int
+    score: float
+    path: str
+    pid: Optional[int]
+    camid: int
+    modality: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def caption(self) -> str:
+        """``#1 0.873 · id 12 · cam 3`` (``id ?`` when the identity is unknown) for rank lists and the app."""
+        pid = "?" if self.pid is None else str(self.pid)
+        return f"#{self.rank} {self.score:.3f} · id {pid} · cam {self.camid}"
+
+
+class Gallery:
+    """An opened gallery directory: the faiss index, one :class:`Record` per id, and the manifest."""
+
+    def __init__(self, directory: Path, index: faiss.Index, records: list[Record], manifest: dict[str, Any]):
+        self.directory = Path(directory)
+        self.index = index
+        self.records = records
+        self.manifest = manifest
+        self.spec = IndexSpec.from_manifest(manifest["index"])
+        self._pids = np.array([-1 if r.pid is None else r.pid for r in records], dtype=np.int64)
+        self._camids = np.array([r.camid for r in records], dtype=np.int64)
+        self._gpu: Any = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return f"Gallery({str(self.directory)!r}, count={len(self)}, kind={self.spec.kind!r})"
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.manifest["embedding_size"])
+
+    @property
+    def modalities(self) -> dict[str, int]:
+        return dict(self.manifest.get("modalities", {}))
+
+    # ------------------------------------------------------------------------------------------ open
+    @classmethod
+    def open(cls, directory: PathLike, *, verify: bool = True) -> "Gallery":
+        """Open and validate a gallery: checksums (``verify``), format, and index/metadata/manifest counts
+        (:func:`~mult.serving.gallery_format.read_gallery`)."""
+        return cls(*read_gallery(directory, verify=verify))
+
+    # ------------------------------------------------------------------------------------------ info
+    def info(self) -> dict[str, Any]:
+        """The manifest plus what is derived from the metadata (directory, identities, images without id)."""
+        out = {k: v for k, v in self.manifest.items()}
+        out["directory"] = str(self.directory)
+        known = self._pids[self._pids >= 0]
+        out["identities"] = int(np.unique(known).size)
+        out["images_without_id"] = int(np.count_nonzero(self._pids < 0))
+        out["cameras"] = {str(int(c)): int(n) for c, n in zip(*np.unique(self._camids, return_counts=True))}
+        return out
+
+    # ------------------------------------------------------------------------------------------ search
+    def _gpu_searcher(self) -> Any:
+        """The inner flat/IVF index copied to the GPU(s) when faiss sees one; None on CPU builds or on failure."""
+        if self._gpu is None:
+            self._gpu = False
+            if self.spec.kind in ("flat", "ivf") and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+                try:
+                    inner = faiss.index_cpu_to_all_gpus(faiss.downcast_index(self.index.index))
+                    self._gpu = (inner, faiss.vector_to_array(self.index.id_map).astype(np.int64))
+                except Exception as err:  # optional speed-up only: fall back to the CPU index
+                    warnings.warn(f"faiss GPU search unavailable ({err}); searching on the CPU")
+        return self._gpu or None
+
+    def search_ids(self, embeddings: np.ndarray, k: int = 10, *, nprobe: Optional[int] = None,
+                   ef_search: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw ``(scores [Q, k], ids [Q, k])`` for unit query embeddings [Q, D] (or one [D] vector); -1 = none."""
+        queries = np.asarray(embeddings, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.embedding_size:
+            raise MultError(f"query embeddings of shape {queries.shape} do not match the gallery's "
+                            f"{self.embedding_size}-d embeddings; embed the query with the gallery's model")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise MultError(f"top-k {k!r} must be a positive integer")
+        k = int(min(k, len(self)))
+        if k == 0 or len(queries) == 0:
+            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
+        queries = np.ascontiguousarray(queries)
+        params = search_params(self.spec, nprobe, ef_search)
+        gpu = self._gpu_searcher()
+        if gpu is not None:
+            inner, id_map = gpu
+            try:
+                scores, rows = inner.search(queries, k, params=params)
+                return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+            except Exception:  # e.g. a faiss build whose GPU IVF ignores SearchParameters: use the CPU index
+                self._gpu = False
+        return self.index.search(queries, k, params=params)
+
+    def search(self, embeddings: np.ndarray, k: int = 10, *, nprobe: Optional[int] = None,
+               ef_search: Optional[int] = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query embedding (one list per row of ``embeddings``)."""
+        scores, ids = self.search_ids(embeddings, k, nprobe=nprobe, ef_search=ef_search)
+        results: list[list[Hit]] = []
+        for row_scores, row_ids in zip(scores.tolist(), ids.tolist()):
+            hits = []
+            for rank, (score, idx) in enumerate(zip(row_scores, row_ids), start=1):
+                if idx < 0:
+                    break
+                r = self.records[idx]
+                hits.append(Hit(rank, int(idx), float(score), r.path, r.pid, int(r.camid), Modality(r.modality).value))
+            results.append(hits)
+        return results
+
+    # ------------------------------------------------------------------------------------------ add
+    def latest(self) -> "Gallery":
+        """This gallery, or the newer version another process wrote to its directory after this one was opened.
+
+        Compares manifests (they carry the count and the update time), which costs one small file read.
+        """
+        try:
+            on_disk = json.loads((self.directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            on_disk = None  # open() below names the problem
+        return self if on_disk == self.manifest else Gallery.open(self.directory, verify=False)
+
+    def add(self, records: Sequence[Record], encoder: Any, *, batch_size: int = DEFAULT_CHUNK,
+            model_info: Optional[Mapping[str, Any]] = None, progress: bool = True) -> dict[str, int]:
+        """Embed and append ``records`` not already in the gallery (same path); old ids never change.
+
+        Refuses (MultError) an encoder of another embedding size or model. Rewrites the gallery atomically
+        (a new version in a temporary directory, swapped in) and re-measures recall for IVF/HNSW.
+        Returns ``{"added": M, "skipped": S, "count": N + M}``.
+        """
+        model = dict(model_info) if model_info is not None else encoder_info(encoder)
+        check_same_model(self.manifest.get("model", {}), model, self.directory)
+        if model.get("embedding_size") not in (None, self.embedding_size):
+            raise MultError(f"{self.directory}: the encoder gives {model['embedding_size']}-d embeddings but the "
+                            f"gallery holds {self.embedding_size}-d ones; build a new gallery for this model")
+        with update_lock(self.directory):
+            latest = self.latest()  # another process may have added images since this one opened the gallery
+            if latest is not self:
+                self.__dict__.update(latest.__dict__)
+            return self._append(records, encoder, batch_size=batch_size, progress=progress)
+
+    def _append(self, records: Sequence[Record], encoder: Any, *, batch_size: int, progress: bool) -> dict[str, int]:
+        """The work of ``add``, under the update lock."""
+        seen = {r.path for r in self.records}
+        fresh: list[Record] = []
+        for record in absolute_records(records):  # new paths only, each once (the first record wins)
+            if record.path not in seen:
+                seen.add(record.path)
+                fresh.append(record)
+        skipped = len(records) - len(fresh)
+        if not fresh:
+            return {"added": 0, "skipped": skipped, "count": len(self)}
+        vectors = embed_records(fresh, encoder, chunk=batch_size, dim=self.embedding_size, progress=progress)
+        old_count = len(self)
+        index = self.index  # appended in place (no second copy of a large index); restored from disk on failure
+        try:
+            with atomic_directory(self.directory, replace=True) as staging:
+                add_vectors(index, vectors, old_count, progress=progress)
+                manifest = dict(self.manifest)
+                manifest["count"] = old_count + len(fresh)
+                manifest["updated"] = utc_now()
+                manifest["modalities"] = _merge_counts(self.modalities, modality_counts(fresh))
+                manifest["index"] = dict(manifest["index"])
+                if self.spec.kind != "flat":
+                    manifest["index"].update(measure_recall(index, self.spec))
+                manifest["history"] = list(manifest.get("history", [])) + [
+                    {"action": "add", "time": manifest["updated"], "added": len(fresh), "count": manifest["count"]}]
+                manifest = write_gallery_files(staging, index, fresh, manifest,
+                                               old_metadata=self.directory / METADATA_FILE, old_count=old_count)
+        except BaseException:
+            if index.ntotal != old_count:  # forget the appended vectors: reload what is on disk
+                try:
+                    self.index = faiss.read_index(str(self.directory / INDEX_FILE))
+                except RuntimeError:
+                    pass  # the original error below says more than a failed reload would
+            raise
+        self.records = self.records + fresh
+        self.manifest = manifest
+        self._pids = np.concatenate([self._pids, [-1 if r.pid is None else r.pid for r in fresh]]).astype(np.int64)
+        self._camids = np.concatenate([self._camids, [r.camid for r in fresh]]).astype(np.int64)
+        self._gpu = None
+        return {"added": len(fresh), "skipped": skipped, "count": len(self)}
+
+
+def _merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {key: int(a.get(key, 0)) + int(b.get(key, 0)) for key in sorted(set(a) | set(b))}
