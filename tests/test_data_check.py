@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 from mult.cli import main
-from mult.data.check import check_dataset
+from mult.data.check import _CHECKERS, _RENDERERS, check_dataset
+from mult.data.synth.writer import FORMATS
+from mult.datasets import DATASETS
 from mult.errors import MultError
 
 VISIBLE, INFRARED = (1, 2, 4, 5), (3, 6)
@@ -120,6 +122,15 @@ def test_root_that_is_not_a_folder(tmp_path):
         assert str(root) in str(err.value) and needle in str(err.value)
     with pytest.raises(MultError):
         check_dataset(tmp_path, "market1501")
+
+
+def test_formats_are_the_datasets_table_names(tmp_path):
+    """The checker, its report renderers and SynthVI know exactly the datasets of mult.datasets.DATASETS, and an
+    unknown name is refused with those names."""
+    assert set(_CHECKERS) == set(_RENDERERS) == set(FORMATS) == set(DATASETS)
+    with pytest.raises(MultError) as err:
+        check_dataset(tmp_path, "market1501")
+    assert all(repr(name) in str(err.value) for name in DATASETS)
 
 
 def test_progress_bar_goes_to_stderr(sysu_tree, capsys):

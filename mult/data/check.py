@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
-from mult.data import regdb, sysu
+from mult.data import regdb, sysu, sysu_checks
 from mult.data.images import DEFAULT_MAX_PIXELS, image_problem, is_image_file
 from mult.data.records import Modality
 from mult.errors import MultError
@@ -77,11 +77,6 @@ def _cap(lines: list[str], source: str, what: str) -> list[str]:
     return lines[:MAX_LINES_PER_FILE] + [f"{source}: {len(lines) - MAX_LINES_PER_FILE} more {what} not listed"]
 
 
-def _short_list(values: Sequence[int], limit: int = 10) -> str:
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
 def verify_images(
     paths: Sequence[str],
     *,
@@ -110,116 +105,19 @@ def verify_images(
 
 
 # ------------------------------------------------------------------------------------------------- SYSU
-def _scan_sysu_camera(folder: Path, problems: list[str]) -> dict[int, list[str]]:
-    """``{pid: sorted image paths}`` of one camera folder; odd or empty id folders become problems."""
-    found: dict[int, list[str]] = {}
-    with os.scandir(folder) as entries:
-        subdirs = sorted(e.name for e in entries if e.is_dir())
-    for name in subdirs:
-        if name.startswith("."):
-            continue
-        if not (name.isdigit() and len(name) == 4):
-            problems.append(
-                f"{folder / name}: folder name is not a 4-digit person id, so readers ignore it; rename it (e.g. 0012) or remove it"
-            )
-            continue
-        with os.scandir(folder / name) as entries:
-            images = sorted(e.path for e in entries if is_image_file(e.name) and e.is_file())
-        if not images:
-            problems.append(f"{folder / name}: no images in this id folder; restore its images or remove the folder")
-            continue
-        found[int(name)] = images
-    if not found:
-        problems.append(f"{folder}: empty camera folder (no id folder with images); restore it from the dataset archive")
-    return found
-
-
 def check_sysu(
     root: Path, *, progress: Optional[bool] = None, workers: Optional[int] = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> DatasetReport:
     """Check a SYSU-MM01 tree (METHOD.md §10.1); see :func:`check_dataset`."""
     report = DatasetReport(str(root), "sysu")
     problems = report.problems
-
-    ids: dict[str, list[int]] = {}
-    for split, name in sysu.SPLIT_FILES.items():
-        try:
-            ids[split] = sysu.read_id_file(root / "exp" / name)
-        except MultError as err:
-            problems.append(str(err))
-            ids[split] = []
-
-    cams: dict[int, dict[int, list[str]]] = {}
-    for camid in sysu.ALL_CAMERAS:
-        folder = root / sysu.camera_folder(camid)
-        if not folder.is_dir():
-            problems.append(f"{folder}: camera folder missing; a SYSU-MM01 root holds cam1..cam6, restore it")
-            cams[camid] = {}
-        else:
-            cams[camid] = _scan_sysu_camera(folder, problems)
-
-    def count(pids: Iterable[int], cameras: Sequence[int]) -> int:
-        return sum(len(cams[c].get(p, ())) for p in pids for c in cameras)
-
-    # Overlapping splits leak test identities into training.
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        both = sorted(set(ids[a]) & set(ids[b]))
-        if both:
-            problems.append(
-                f"{root / 'exp'}: {len(both)} id(s) are in both {a} and {b} ({_short_list(both)}); the splits must be disjoint"
-            )
-    for split, listed in ids.items():
-        empty = [p for p in listed if count([p], sysu.ALL_CAMERAS) == 0]
-        if empty:
-            problems.append(
-                f"{root / 'exp' / sysu.SPLIT_FILES[split]}: {len(empty)} listed id(s) have no images in cam1..cam6 "
-                f"({_short_list(empty)}); restore their folders or remove the ids"
-            )
-    test_file = root / "exp" / sysu.SPLIT_FILES["test"]
-    for modality, cameras, role in (
-        (Modality.infrared, sysu.INFRARED_CAMERAS, "query"),
-        (Modality.visible, sysu.VISIBLE_CAMERAS, "gallery"),
-    ):
-        lacking = [p for p in ids["test"] if count([p], sysu.ALL_CAMERAS) > 0 and count([p], cameras) == 0]
-        if lacking:
-            problems.append(
-                f"{test_file}: {len(lacking)} test id(s) have no {modality.value} images "
-                f"(cams {', '.join(map(str, cameras))}), so they never appear in the {role} ({_short_list(lacking)}); "
-                "restore those images"
-            )
-
+    ids = sysu_checks.read_splits(root, problems)
+    cams = sysu_checks.scan_cameras(root, problems)
+    sysu_checks.check_splits(root, ids, cams, problems)
     all_paths = [path for camid in sysu.ALL_CAMERAS for pid in sorted(cams[camid]) for path in cams[camid][pid]]
     corrupt = verify_images(all_paths, progress=progress, workers=workers, max_pixels=max_pixels)
     problems.extend(corrupt)
-
-    train_ids = sorted(set(ids["train"]) | set(ids["val"]))
-    listed = set(ids["train"]) | set(ids["val"]) | set(ids["test"])
-    with_images = set().union(*(cams[c].keys() for c in sysu.ALL_CAMERAS))
-    report.summary = {
-        "ids": {split: len(v) for split, v in ids.items()} | {"train+val": len(train_ids)},
-        "unlisted_ids_with_images": len(with_images - listed),
-        "cameras": {
-            f"cam{c}": {"modality": sysu.camera_modality(c).value, "ids": len(cams[c]), "images": count(cams[c], [c])}
-            for c in sysu.ALL_CAMERAS
-        },
-        "images": {
-            "visible": count(with_images, sysu.VISIBLE_CAMERAS),
-            "infrared": count(with_images, sysu.INFRARED_CAMERAS),
-        },
-        "splits": {
-            split: {"visible": count(v, sysu.VISIBLE_CAMERAS), "infrared": count(v, sysu.INFRARED_CAMERAS)}
-            for split, v in (("train", ids["train"]), ("val", ids["val"]), ("train+val", train_ids), ("test", ids["test"]))
-        },
-        "test": {
-            "query_images": count(ids["test"], sysu.INFRARED_CAMERAS),
-            "gallery_candidates_all": count(ids["test"], sysu.GALLERY_CAMERAS["all"]),
-            "gallery_candidates_indoor": count(ids["test"], sysu.GALLERY_CAMERAS["indoor"]),
-            "single_shot_gallery_all": sum(1 for p in ids["test"] for c in sysu.GALLERY_CAMERAS["all"] if p in cams[c]),
-            "single_shot_gallery_indoor": sum(1 for p in ids["test"] for c in sysu.GALLERY_CAMERAS["indoor"] if p in cams[c]),
-        },
-        "images_checked": len(all_paths),
-        "unreadable_images": len(corrupt),
-    }
+    report.summary = sysu_checks.summary(ids, cams, len(all_paths), len(corrupt))
     return report
 
 
@@ -367,6 +265,8 @@ def _render_regdb(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+# One entry per name of the datasets table, mult.datasets.DATASETS (tests/test_data_check.py keeps the keys equal).
+# Not imported from there: mult.datasets sits above mult.data (it imports the readers and mult.evaluation).
 _RENDERERS = {"sysu": _render_sysu, "regdb": _render_regdb}
 _CHECKERS = {"sysu": check_sysu, "regdb": check_regdb}
 
@@ -379,13 +279,14 @@ def check_dataset(
     workers: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DatasetReport:
-    """Summarise the dataset at ``root`` in layout ``fmt`` ('sysu' or 'regdb') and list its problems.
+    """Summarise the dataset at ``root`` in layout ``fmt`` (a key of :data:`_CHECKERS`, the same names as
+    :data:`mult.datasets.DATASETS`: 'sysu' or 'regdb') and list its problems.
 
     Raises MultError only when ``root`` is not a folder or ``fmt`` is unknown; everything else is reported.
     """
     root = Path(root).expanduser()
     if fmt not in _CHECKERS:
-        raise MultError(f"dataset format {fmt!r} is unknown; use 'sysu' or 'regdb'")
+        raise MultError(f"dataset format {fmt!r} is unknown; use {' or '.join(map(repr, _CHECKERS))}")
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise MultError(f"{root}: dataset root {what}; pass the dataset's top folder")

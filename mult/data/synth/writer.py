@@ -31,7 +31,9 @@ from mult.data.synth.plan import (
 from mult.data.synth.render import render_keyed
 from mult.data.synth.scene import background_canvas
 from mult.errors import MultError
+from mult.io import publish_directory
 
+#: The layouts SynthVI writes: the names of mult.datasets.DATASETS (tests/test_data_check.py keeps them equal).
 FORMATS = ("sysu", "regdb")
 JPEG_QUALITY = 90
 MAX_SIDE = 4096
@@ -116,7 +118,10 @@ def _validate(fmt: str, ids: int, test_ids: int | None, images_per_camera: int |
 
 
 def _staging_folder(out: Path) -> Path:
-    """Refuse an ``out`` that is a file or a non-empty folder; create and return a hidden sibling to fill."""
+    """Refuse an ``out`` that is a file or a non-empty folder; create and return a hidden sibling to fill.
+
+    Not :func:`mult.io.staging_directory`: its ``.{name}.<owner>XXXX.tmp`` name is not the ``.{name}.partial-...``
+    one that tests/test_synth.py watches for mid-write, and a folder it cannot create is a bare OSError."""
     if out.exists() and not out.is_dir():
         raise MultError(f"output {out} is a file: choose a new folder for --out")
     if out.is_dir() and any(out.iterdir()):
@@ -132,7 +137,7 @@ def _staging_folder(out: Path) -> Path:
 def _publish(staging: Path, out: Path) -> None:
     """Rename the finished tree onto ``out`` (replacing it only if it is still an empty folder)."""
     try:
-        os.rename(staging, out)
+        publish_directory(staging, out)
     except OSError as err:
         raise MultError(f"cannot move the finished dataset to {out}: {err.strerror}; "
                         "it must not exist or be an empty folder") from err
