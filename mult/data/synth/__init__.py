@@ -2,7 +2,7 @@
 
 Modules, one job each: ``seeding`` (reproducible random streams), ``identity`` (a person's fixed appearance),
 ``cameras`` (camera layouts and sensors), ``scene`` (camera backgrounds), ``shapes`` (vectorised drawing),
-``render`` (pose, body and the visible / infrared image), ``plan`` (what to render, split files) and
+``body`` (the painted person), ``render`` (pose and the visible / infrared image), ``plan`` (what to render, split files) and
 ``writer`` (:func:`synthesize`: atomic, parallel writing). See docs/SYNTHVI.md.
 """
 
