@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -159,18 +159,6 @@ class SearchService:
         except MultError:
             pass  # caught mid-update (or broken on disk): the version in memory still answers correctly
 
-    def _rank(self, embedding: np.ndarray, target: Modality) -> list[Hit]:
-        """Top-k hits among the gallery's ``target`` images (all images when it holds one modality only).
-
-        Searching k + (images of other modalities) deep guarantees k target hits survive the filter.
-        """
-        counts = self.gallery.modalities
-        if len(counts) < 2 or counts.get(target.value, 0) == 0:
-            return self.gallery.search(embedding, self.top_k)[0]
-        others = len(self.gallery) - counts[target.value]
-        hits = [h for h in self.gallery.search(embedding, self.top_k + others)[0] if h.modality == target.value]
-        return [replace(h, rank=rank) for rank, h in enumerate(hits[:self.top_k], start=1)]
-
     @staticmethod
     def _tile(hit: Hit, query_pid: Optional[int] = None) -> tuple[Image.Image, str]:
         """The hit's image and caption; framed green/red, and the caption saying so, when the query's id is known."""
@@ -196,7 +184,7 @@ class SearchService:
             embed_s = time.perf_counter() - started
             self._refresh_gallery()
             started = time.perf_counter()
-            hits = self._rank(embedding, target)
+            hits = self.gallery.search_modality(embedding, self.top_k, target)
             search_s = time.perf_counter() - started
         except MultError as err:
             return SearchAnswer(status=f"⚠️ {err}", ok=False)

@@ -227,7 +227,8 @@ def search_query(
     model_info: Optional[Mapping[str, Any]] = None,
     verify: bool = True,
 ) -> SearchReport:
-    """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images.
+    """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images of the
+    other modality (all of them when it holds one modality only), as the page does (:meth:`Gallery.search_modality`).
 
     The query modality defaults to visible (the gallery usually holds infrared crops). ``save_ranklist``
     writes the query + top-k image (:func:`mult.serving.ranklist.save_ranklist`); ``query_pid``, when known,
@@ -251,7 +252,8 @@ def search_query(
     embedding = unit_rows(encoder.encode([query_path], wanted), [query_path], gallery.embedding_size)
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
-    hits = gallery.search(embedding, top_k, nprobe=nprobe, ef_search=ef_search)[0]
+    target = Modality.infrared if wanted is Modality.visible else Modality.visible
+    hits = gallery.search_modality(embedding, top_k, target, nprobe=nprobe, ef_search=ef_search)
     search_s = time.perf_counter() - started
     report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
                           int(top_k), hits, query_pid=query_pid,

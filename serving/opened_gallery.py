@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -148,6 +148,21 @@ class Gallery:
                 hits.append(Hit(rank, int(idx), float(score), r.path, r.pid, int(r.camid), Modality(r.modality).value))
             results.append(hits)
         return results
+
+    def search_modality(self, embedding: np.ndarray, k: int, target: Modality, *, nprobe: Optional[int] = None,
+                        ef_search: Optional[int] = None) -> list[Hit]:
+        """Top-``k`` hits of one query among the gallery's ``target`` images — the cross-modality search of
+        ``mult search`` and the page. A gallery holding one modality only (or none of ``target``) is ranked whole.
+
+        Searching k + (images of other modalities) deep guarantees k target hits survive the filter.
+        """
+        counts = self.modalities
+        if len(counts) < 2 or counts.get(target.value, 0) == 0:
+            return self.search(embedding, k, nprobe=nprobe, ef_search=ef_search)[0]
+        others = len(self) - counts[target.value]
+        hits = [h for h in self.search(embedding, k + others, nprobe=nprobe, ef_search=ef_search)[0]
+                if h.modality == target.value]
+        return [replace(h, rank=rank) for rank, h in enumerate(hits[:k], start=1)]
 
     # ------------------------------------------------------------------------------------------ add
     def latest(self) -> "Gallery":

@@ -241,6 +241,19 @@ def test_mixed_gallery_ranks_only_the_other_modality(mixed_app, galleries, crops
     assert "top 4 of 4 visible images" in status and "infrared stem" in status
 
 
+def test_cli_search_ranks_only_the_other_modality_like_the_page(galleries, crops, local):
+    """issue 18: `mult search` ranked a mixed gallery whole while the page ranked the other modality only."""
+    from mult.serving.gallery_commands import search_query
+
+    for query, modality, target, count in ((crops["visible"] / "0003" / "0.png", "visible", "infrared", TOP_K),
+                                           (crops["infrared"] / "0012" / "2.png", "infrared", "visible", 4)):
+        report = search_query(local, galleries["mixed"], query, query_modality=modality, top_k=TOP_K)
+        ids, scores = expected(local, galleries["mixed"], query, modality, target)
+        assert [h.id for h in report.hits] == ids.tolist() and len(report.hits) == count
+        assert {h.modality for h in report.hits} == {target} and [h.rank for h in report.hits] == list(range(1, count + 1))
+        np.testing.assert_allclose([h.score for h in report.hits], scores, atol=1e-4)
+
+
 def test_folder_gallery_examples_come_from_the_gallery_or_a_folder(galleries, tmp_path):
     mixed = Gallery.open(galleries["mixed"])
     assert gallery_dataset(mixed) is None  # a plain folder gallery knows no dataset: the fallback
