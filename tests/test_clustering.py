@@ -13,17 +13,15 @@ import scipy.sparse as sp
 import torch
 
 from mult.errors import MultError
-from mult.train.clustering import (
-    cluster_centres,
-    dbscan_cluster,
+from mult.train.clustering import cluster_centres
+from mult.train.dbscan import dbscan_cluster
+from mult.train.jaccard import jaccard_distance, jaccard_from_min_sum, sparse_jaccard_distance
+from mult.train.reciprocal_neighbours import (
     expanded_sets,
-    jaccard_distance,
-    jaccard_from_min_sum,
     k_reciprocal_sets,
     knn_self_first,
     query_expansion,
     softmax_weights,
-    sparse_jaccard_distance,
 )
 
 

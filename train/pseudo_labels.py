@@ -16,8 +16,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from mult.config import TrainConfig
-from mult.train.clustering import cluster_centres, dbscan_cluster, sparse_jaccard_distance
+from mult.train.clustering import cluster_centres
+from mult.train.dbscan import dbscan_cluster
 from mult.train.diagnostics import clustering_quality, cross_label_accuracy
+from mult.train.jaccard import sparse_jaccard_distance
+
+#: The official names of the four training targets (rgb = visible), keyed by the label matrix they come from.
+TARGET_NAMES = {"visible": "y_rgb", "infrared": "y_ir", "visible_to_infrared": "y_rgb_cm",
+                "infrared_to_visible": "y_ir_cm"}
 
 
 @dataclass
@@ -66,34 +72,20 @@ def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig
     """Pseudo-labels for one epoch of ``stage`` ("dcl" or "mult") from L2-normalised features.
 
     ``true_ids`` (visible, infrared) are read only by the diagnostic association "oracle"."""
+    from mult.train.associations import ASSOCIATE, unknown_association
+
     vis, ir = cluster_modality(feats_v, cfg), cluster_modality(feats_r, cfg)
-    if stage == "dcl" or cfg.association == "none":
+    associate = ASSOCIATE.get(cfg.association, unknown_association)
+    if stage == "dcl" or associate is None:  # association "none": stage 2 is DCL continued
         return EpochLabels(vis, ir, vis.labels, ir.labels)
     if vis.num_clusters == 0 or ir.num_clusters == 0:
         raise RuntimeError("DBSCAN found no cluster in one modality: nothing to associate (lower eps?)")
-    from mult.train import label_transfer as lt
-
-    if cfg.association == "mult":
-        result = lt.mult_label_transfer(
-            feats_v, feats_r, vis.labels, ir.labels, vis.jaccard, ir.jaccard, alpha=cfg.alpha, lam=cfg.ot_lambda,
-            temp=cfg.temp, max_iter=cfg.lp_iters, tol=cfg.lp_tol, homogeneous=cfg.homogeneous)
-    elif cfg.association == "ot":
-        result = lt.ot_association(feats_v, feats_r, vis.labels, ir.labels, lam=cfg.ot_lambda)
-    elif cfg.association == "hungarian":
-        result = lt.hungarian_association(feats_v, feats_r, vis.labels, ir.labels)
-    elif cfg.association == "oracle":
-        if true_ids is None:
-            raise ValueError("association 'oracle' needs the true ids of the training images")
-        result = lt.oracle_association(feats_v, feats_r, vis.labels, ir.labels, *true_ids,
-                                       accuracy=cfg.oracle_accuracy, seed=cfg.seed * 1000 + epoch)
-    else:
-        raise ValueError(f"unknown association {cfg.association!r}")
+    result = associate(feats_v, feats_r, vis, ir, cfg, true_ids, epoch)
     hard = result.hard_labels()
     targets = result.targets(cfg.beta)  # all four soft-target matrices, built once
-    y_rgb, y_ir, y_rgb_cm, y_ir_cm = (targets[name] for name in ("visible", "infrared", "visible_to_infrared", "infrared_to_visible"))
     return EpochLabels(
         vis, ir, hard["visible"], hard["infrared"], hard["visible_to_infrared"], hard["infrared_to_visible"],
-        targets={"y_rgb": y_rgb, "y_ir": y_ir, "y_rgb_cm": y_rgb_cm, "y_ir_cm": y_ir_cm},
+        targets={official: targets[name] for name, official in TARGET_NAMES.items()},
         initial_cm_labels=result.initial_cross, propagation=result.info.get("propagation", {}))
 
 
