@@ -23,6 +23,8 @@ CONFIG_FILE = "config.pbtxt"
 MANIFEST_FILE = "manifest.json"
 #: Dynamic batcher wait: 100 us is the Triton docs' suggested starting point for latency-bound models.
 DEFAULT_QUEUE_DELAY_US = 100
+#: ``mult export``'s largest batch; ``mult serve`` also uses it when neither config.pbtxt nor the manifest says.
+DEFAULT_MAX_BATCH_SIZE = 64
 
 
 def existing_versions(model_dir: Path) -> list[int]:

@@ -30,9 +30,9 @@ from mult.export.repository import (
     next_version,
     parity_images,
     random_images,
-    triton_config,
     write_model_repository,
 )
+from mult.export.triton_config import triton_config
 from mult.data.records import Modality
 from mult.model import TwoStreamEncoder
 

@@ -230,7 +230,7 @@ def test_invalid_repositories(tiny_export, tmp_path):
 
 def test_model_that_fails_to_load_gives_the_log_line(tiny_export, tmp_path, monkeypatch):
     """A model.py that raises at load: Triton exits, the error quotes its log line, nothing is left running."""
-    import mult.serving.triton_server as triton_server
+    import mult.serving.runtime_repository as triton_server
 
     broken = tmp_path / "model.py"
     broken.write_text('raise RuntimeError("boom from model.py")\n')
