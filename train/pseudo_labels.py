@@ -37,6 +37,14 @@ class ModalityClusters:
         return self.centres.shape[0]
 
 
+def require_clusters(visible: ModalityClusters, infrared: ModalityClusters) -> None:
+    """The one check that this epoch's DBSCAN left each modality at least one cluster (memories, association)."""
+    if visible.num_clusters == 0 or infrared.num_clusters == 0:
+        empty = "visible" if visible.num_clusters == 0 else "infrared"
+        raise RuntimeError(f"DBSCAN found no cluster in the {empty} images: nothing to train on; "
+                           "raise eps, or train longer first")
+
+
 @dataclass
 class EpochLabels:
     """What one epoch trains on. Stage 1 leaves the cross-modality fields empty."""
@@ -78,8 +86,7 @@ def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig
     associate = ASSOCIATE.get(cfg.association, unknown_association)
     if stage == "dcl" or associate is None:  # association "none": stage 2 is DCL continued
         return EpochLabels(vis, ir, vis.labels, ir.labels)
-    if vis.num_clusters == 0 or ir.num_clusters == 0:
-        raise RuntimeError("DBSCAN found no cluster in one modality: nothing to associate (lower eps?)")
+    require_clusters(vis, ir)
     result = associate(feats_v, feats_r, vis, ir, cfg, true_ids, epoch)
     hard = result.hard_labels()
     targets = result.targets(cfg.beta)  # all four soft-target matrices, built once

@@ -25,7 +25,7 @@ import torch
 from mult.config import TrainConfig
 from mult.train.losses import UnifiedSpace, amirl_loss, dcl_loss
 from mult.train.memory import ClusterMemory, Gather
-from mult.train.pseudo_labels import EpochLabels
+from mult.train.pseudo_labels import EpochLabels, require_clusters
 from mult.train.samplers import stage_one_batches, stage_two_batches
 
 #: (centres, momentum) -> a new memory with the run's temperature, update mode and gather
@@ -144,9 +144,8 @@ def stage_for(labels: EpochLabels) -> type[Stage]:
 def new_memories(labels: EpochLabels, cfg: TrainConfig, device: torch.device,
                  gather: Gather) -> dict[str, ClusterMemory]:
     """The memories of the stage that trains on ``labels``, initialised from this epoch's DBSCAN centres."""
+    require_clusters(labels.visible, labels.infrared)
     cv, cr = (_tensor(c.centres, device) for c in (labels.visible, labels.infrared))
-    if cv.shape[0] == 0 or cr.shape[0] == 0:
-        raise RuntimeError("DBSCAN found no cluster in one modality; lower eps or train longer first")
 
     def memory(centres: torch.Tensor, momentum: float) -> ClusterMemory:
         return ClusterMemory(centres, cfg.temp, momentum, update=cfg.memory_update, gather=gather)
