@@ -3,7 +3,9 @@
 Upload (or pick) a query photo, choose the direction, get the top-k gallery images with their rank, cosine
 score, person id and camera. "visible → infrared" sends the query through the visible stem and ranks the
 gallery's infrared images; "infrared → visible" the other way round. A gallery that holds one modality only
-is searched whole either way (the page says so); the direction then only picks the query's stem.
+is searched whole either way (the page says so); the direction then only picks the query's stem. The "filters"
+panel narrows the gallery (cameras, person id known or not, capture time) inside the FAISS search
+(:class:`mult.serving.gallery.GalleryFilter`); the status line says how many images passed.
 
 When the query's person id is known, each hit is framed green (the same person) or red (another one), as in
 rank lists (:mod:`mult.serving.ranklist`), its caption says so in words, and the status line says where the
@@ -20,6 +22,9 @@ a toast, never a traceback. The search is an API endpoint (``api_name="search"``
     from gradio_client import Client, handle_file
     gallery, status, hits = Client("http://127.0.0.1:7860/").predict(
         handle_file("me.jpg"), "visible → infrared", api_name="/search")
+    # filtered: cameras ticked, person id any/known/unknown, taken since / until (ISO 8601 or UNIX seconds)
+    Client(...).predict(handle_file("me.jpg"), "visible → infrared", ["3", "6"], "unknown", "2026-12-03T20:00", "",
+                        api_name="/search")
 
 Each hit's ``match`` is true or false when the query's person id is known (null otherwise).
 
@@ -56,7 +61,8 @@ from mult.interrupts import sigterm_as_interrupt
 from mult.io import PathLike
 from mult.processes import exposure_note
 from mult.serving.encoders import open_encoder
-from mult.serving.gallery import Gallery
+from mult.serving.gallery import Gallery, filter_from_options
+from mult.serving.gallery_filter import IDENTITIES
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +94,13 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
     sets, known = example_sets(gallery, examples, gallery_dataset(gallery))
     service = SearchService(gallery, encoder, top_k=top_k, max_bytes=max_bytes, max_pixels=max_pixels, known=known)
 
-    def run_search(upload: Any, direction: Optional[str]):
+    def run_search(upload: Any, direction: Optional[str], cameras: Optional[list] = None,
+                   identity: Optional[str] = None, since: Optional[str] = None, until: Optional[str] = None):
         try:
-            answer = service.search(upload, direction)
+            where = filter_from_options([int(c) for c in cameras or []], identity=identity, since=since, until=until)
+            answer = service.search(upload, direction, where)
+        except MultError as err:  # a filter value the page cannot read: say which, as any other expected problem
+            answer = SearchAnswer(status=f"⚠️ {err}", ok=False)
         except Exception as err:  # a bug, not a user mistake: full traceback to the log, one line to the page
             log.exception("search failed")
             answer = SearchAnswer(status=f"⚠️ internal error ({type(err).__name__}); see the app's log", ok=False)
@@ -110,6 +120,15 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                                  image_mode=None, height=320, elem_id="query")
                 direction = gr.Radio(list(DIRECTIONS), value=DEFAULT_DIRECTION, label="direction",
                                      elem_id="direction")
+                with gr.Accordion("filters", open=False, elem_id="filters"):
+                    cameras = gr.CheckboxGroup(sorted(gallery.info()["cameras"], key=int), value=[],
+                                               label="cameras (none ticked: all)", elem_id="filter-cameras")
+                    identity = gr.Radio(["any", *IDENTITIES], value="any", label="person id",
+                                        elem_id="filter-identity")
+                    since = gr.Textbox("", label="taken since", placeholder="2026-12-03T20:00 (local time)",
+                                       elem_id="filter-since")
+                    until = gr.Textbox("", label="taken until", placeholder="2026-12-04T06:00",
+                                       elem_id="filter-until")
                 button = gr.Button("Search", variant="primary", elem_id="search-button")
                 for example_set in sets:
                     if example_set.direction is None:
@@ -127,7 +146,8 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                     hits = gr.JSON(label="hits", elem_id="hits")
         # preprocess=False: the handler gets the upload's path unopened, so size and type are checked before
         # any decoding (Gradio's own Image preprocessing would open the file first).
-        gr.on([button.click, query.upload], run_search, inputs=[query, direction], outputs=[results, status, hits],
+        gr.on([button.click, query.upload], run_search, inputs=[query, direction, cameras, identity, since, until],
+              outputs=[results, status, hits],
               api_name=API_NAME, preprocess=False, concurrency_limit=CONCURRENCY)
     page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     page.mult_service = service  # for callers that want the gallery / encoder behind a page

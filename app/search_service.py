@@ -20,7 +20,7 @@ from PIL import Image
 from mult.data.images import DEFAULT_MAX_BYTES, load_image, load_image_bytes, resize_uint8
 from mult.data.records import Modality
 from mult.errors import MultError, ServerUnavailable
-from mult.serving.gallery import Gallery, Hit, check_same_model, encoder_info
+from mult.serving.gallery import Gallery, GalleryFilter, Hit, check_same_model, encoder_info
 from mult.serving.query_ids import KnownImages
 from mult.serving.ranklist import frame_colour, frame_image
 
@@ -173,8 +173,10 @@ class SearchService:
         return frame_image(image, frame_colour(query_pid, hit.pid), frame_width(image)), caption
 
     # -- the whole search --
-    def search(self, upload: Any, direction: Optional[str]) -> SearchAnswer:
-        """Run one search; expected problems come back as ``ok=False`` with the message as status."""
+    def search(self, upload: Any, direction: Optional[str], where: Optional[GalleryFilter] = None) -> SearchAnswer:
+        """Run one search among the gallery images ``where`` lets through (all when None); expected problems
+        come back as ``ok=False`` with the message as status."""
+        where = where or GalleryFilter()
         try:
             query_modality, target = parse_direction(direction)
             path, name = upload_path(upload)
@@ -184,14 +186,20 @@ class SearchService:
             embed_s = time.perf_counter() - started
             self._refresh_gallery()
             started = time.perf_counter()
-            hits = self.gallery.search_modality(embedding, self.top_k, target)
+            hits = self.gallery.search_modality(embedding, self.top_k, target, where=where)
             search_s = time.perf_counter() - started
         except MultError as err:
             return SearchAnswer(status=f"⚠️ {err}", ok=False)
         query_pid = self.known.pid_of(path)
         held = self.gallery.modalities.get(target.value, 0) if len(self.gallery.modalities) > 1 else len(self.gallery)
         ranked = target.value if len(self.gallery.modalities) > 1 else "gallery"
-        status = (f"top {len(hits)} of {held:,} {ranked} images (gallery {len(self.gallery):,}) · query `{name}` "
+        if where.active:  # how many images the filter left to rank, and what it asked
+            modality = target if len(self.gallery.modalities) > 1 else None
+            held = int(self.gallery.filter_mask(where.with_modality(modality)).sum())
+            ranked += f" images passing the filter ({where.describe()}),"
+        else:
+            ranked += " images"
+        status = (f"top {len(hits)} of {held:,} {ranked} (gallery {len(self.gallery):,}) · query `{name}` "
                   f"through the {query_modality.value} stem · embed {embed_s * 1e3:.0f} ms, search "
                   f"{search_s * 1e3:.1f} ms · model {model_label(self.encoder)}")
         if query_pid is not None:

@@ -78,6 +78,8 @@ def index_add(
     data_root: Optional[Path] = _DATA_ROOT,
     modality: Optional[Direction] = typer.Option(None, "--modality", help="Modality of the new images (default: the gallery's)."),
     regdb_split: int = typer.Option(1, "--split", min=1, max=10, help="RegDB split whose test images to add."),
+    taken: Optional[str] = typer.Option(None, "--time", help="Capture time of the new images (ISO 8601, e.g. "
+                                        "2026-12-03T21:30, or UNIX seconds); default: each file's modification time."),
     server: Optional[str] = _SERVER,
     local: Optional[Path] = _LOCAL,
     as_json: bool = typer.Option(False, "--json", help="Print the gallery summary as JSON."),
@@ -91,7 +93,8 @@ def index_add(
     with encoder_from_options(server, local) as encoder:
         report = gallery.index_add(
             encoder, gallery_dir, images=images, dataset=dataset.value if dataset else None, data_root=data_root,
-            modality=modality.value if modality else None, regdb_split=regdb_split, progress=not as_json)
+            modality=modality.value if modality else None, regdb_split=regdb_split, progress=not as_json,
+            taken=taken)
     _report(report, as_json)
 
 
@@ -120,20 +123,27 @@ def search(
     query_pid: Optional[int] = typer.Option(None, "--query-pid", help="The query's person id, to mark hits green/red."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", min=1, help="IVF lists visited (default: the index's)."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", min=1, help="HNSW search breadth (default: the index's)."),
+    cameras: list[int] = typer.Option([], "--camera", help="Only gallery images of this camera (repeat for several)."),
+    identity: Optional[str] = typer.Option(None, "--identity", help="Only images whose person id is 'known' / 'unknown'."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only images taken at or after this time (ISO 8601 or UNIX seconds; no zone = local time)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Only images taken at or before this time."),
     server: Optional[str] = _SERVER,
     local: Optional[Path] = _LOCAL,
-    as_json: bool = typer.Option(False, "--json", help="Print the rank list as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rank list as JSON (with embed and search seconds)."),
 ) -> None:
-    """Rank the gallery for one query image (visible -> infrared by default).
+    """Rank the gallery for one query image (visible -> infrared by default), optionally filtered by camera,
+    identity and capture time (inside the FAISS search).
 
-    Example: mult search --index gallery --query person.jpg --top-k 10 --save-ranklist ranks.png --local model_repository
+    Example: mult search --index gallery --query person.jpg --top-k 10 --camera 3 --since 2026-12-03T20:00 --local model_repository
     """
     from mult.serving import gallery_commands as gallery
+    from mult.serving.gallery import filter_from_options
 
+    where = filter_from_options(cameras, identity=identity, since=since, until=until)
     with encoder_from_options(server, local) as encoder:
         report = gallery.search_query(encoder, index, query, query_modality=query_modality.value, top_k=top_k,
                                       save_ranklist=save_ranklist, query_pid=query_pid, nprobe=nprobe,
-                                      ef_search=ef_search)
+                                      ef_search=ef_search, where=where)
     _report(report, as_json)
 
 

@@ -154,13 +154,18 @@ def build_index(vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0, progress
     return index
 
 
-def search_params(spec: IndexSpec, nprobe: Optional[int] = None, ef_search: Optional[int] = None):
-    """Per-call faiss search parameters (no shared state is mutated, so concurrent searches are safe)."""
+def search_params(spec: IndexSpec, nprobe: Optional[int] = None, ef_search: Optional[int] = None,
+                  selector: Optional[faiss.IDSelector] = None):
+    """Per-call faiss search parameters (no shared state is mutated, so concurrent searches are safe).
+
+    ``selector`` (a faiss ID selector over gallery ids, :mod:`mult.serving.gallery_filter`) restricts the search
+    to the ids it selects; ``IndexIDMap2`` hands it on to the inner index. The caller keeps it alive."""
+    extra = {} if selector is None else {"sel": selector}
     if spec.kind == "ivf":
-        return faiss.SearchParametersIVF(nprobe=int(nprobe or spec.nprobe))
+        return faiss.SearchParametersIVF(nprobe=int(nprobe or spec.nprobe), **extra)
     if spec.kind == "hnsw":
-        return faiss.SearchParametersHNSW(efSearch=int(ef_search or spec.ef_search))
-    return None
+        return faiss.SearchParametersHNSW(efSearch=int(ef_search or spec.ef_search), **extra)
+    return faiss.SearchParameters(**extra) if extra else None
 
 
 def stored_vector_chunks(index: faiss.Index, chunk: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:

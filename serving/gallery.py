@@ -3,7 +3,8 @@
 A gallery is a directory::
 
     GALLERY_DIR/index.faiss      faiss.write_index of an IndexIDMap2 over Flat / IVF-Flat / HNSW-Flat (inner product)
-    GALLERY_DIR/metadata.jsonl   one JSON object per vector id, in id order: id, path, pid (or null), camid, modality
+    GALLERY_DIR/metadata.jsonl   one JSON object per vector id, in id order: id, path, pid (or null), camid, modality,
+                                 time (capture time, UNIX seconds, or null)
     GALLERY_DIR/manifest.json    format version, model, embedding size, count, index kind + params (+ recall@10
                                  against exact search for approximate kinds), sha256 of both files, history,
                                  and the sha256 of its own content (manifest_sha256)
@@ -26,6 +27,11 @@ Five-line use::
     hits = gallery.search(encoder.encode(["me.jpg"], "visible"), k=10)[0]
     print(hits[0].path, hits[0].score)
 
+Filtered (camera, modality, known/unknown identity, capture time), inside the faiss search::
+
+    night = GalleryFilter(cameras=(3, 6), since="2026-12-03T20:00", until="2026-12-04T06:00", identity="unknown")
+    hits = gallery.search(query_embedding, k=10, where=night)[0]
+
 The index itself (kinds, building, recall) is :mod:`mult.serving.faiss_index`; the work of the
 ``mult index`` and ``mult search`` commands is :mod:`mult.serving.gallery_commands`.
 
@@ -38,6 +44,7 @@ This module is the gallery's public face; each job lives in its own module and i
 * :mod:`mult.serving.gallery_format`: the files, their checksums, reading them back validated
 * :mod:`mult.serving.gallery_lock`: the writers' update lock (``update_lock``)
 * :mod:`mult.serving.opened_gallery`: the opened gallery (``Gallery``, ``Hit``): search and add
+* :mod:`mult.serving.gallery_filter`: metadata filters and the faiss ID selector (``GalleryFilter``)
 * :mod:`mult.serving.gallery_build`: ``build_gallery``
 
 Writing a folder atomically (staging beside the target, swap) is :func:`mult.io.atomic_directory`.
@@ -51,12 +58,13 @@ from mult.serving.gallery_format import (FORMAT, FORMAT_VERSION, INDEX_FILE, MAN
                                          METADATA_FILE, manifest_checksum, read_metadata)
 from mult.serving.gallery_lock import LOCK_POLL_S, VANISHED_AFTER_S, update_lock
 from mult.serving.gallery_model import GRAPH_KEYS, MODEL_IDENTITY_KEYS, check_same_model, encoder_info
+from mult.serving.gallery_filter import GalleryFilter, filter_from_options, parse_time
 from mult.serving.gallery_records import records_for_gallery
 from mult.serving.opened_gallery import Gallery, Hit
 
 __all__ = [
     "DEFAULT_CHUNK", "FORMAT", "FORMAT_VERSION", "GRAPH_KEYS", "INDEX_FILE", "LOCK_POLL_S", "MANIFEST_CHECKSUM_KEY",
-    "MANIFEST_FILE", "METADATA_FILE", "MODEL_IDENTITY_KEYS", "VANISHED_AFTER_S", "Gallery", "Hit", "build_gallery",
-    "check_same_model", "embed_records", "encoder_info", "manifest_checksum", "read_metadata", "records_for_gallery",
+    "MANIFEST_FILE", "METADATA_FILE", "MODEL_IDENTITY_KEYS", "VANISHED_AFTER_S", "Gallery", "GalleryFilter", "Hit", "build_gallery",
+    "check_same_model", "embed_records", "encoder_info", "filter_from_options", "manifest_checksum", "parse_time", "read_metadata", "records_for_gallery",
     "unit_rows", "update_lock",
 ]

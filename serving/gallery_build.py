@@ -17,7 +17,7 @@ from mult.serving.gallery_embedding import DEFAULT_CHUNK, embed_records
 from mult.serving.gallery_format import FORMAT, FORMAT_VERSION, modality_counts, utc_now, write_gallery_files
 from mult.serving.gallery_lock import update_lock
 from mult.serving.gallery_model import encoder_info
-from mult.serving.gallery_records import absolute_records
+from mult.serving.gallery_records import absolute_records, timed_records
 from mult.serving.opened_gallery import Gallery
 from mult.timing import Stopwatch
 
@@ -33,12 +33,14 @@ def build_gallery(
     overwrite: bool = False,
     progress: bool = True,
     source: Optional[Mapping[str, Any]] = None,
+    taken: Optional[float] = None,
 ) -> Gallery:
     """Embed ``records`` with ``encoder`` and write a gallery directory at ``out`` (atomically).
 
     ``kind`` is ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``, or an :class:`IndexSpec` with parameters;
     approximate kinds get their recall@10 against exact search measured and stored in the manifest.
     ``model_info`` overrides :func:`encoder_info`; ``source`` (e.g. the folder or dataset) is recorded as is.
+    ``taken`` (UNIX seconds) is every image's capture time; by default each file's modification time.
     An existing ``out`` is an error unless ``overwrite``; a failure at any point leaves no ``out`` behind
     (and an overwritten gallery untouched).
     """
@@ -48,7 +50,7 @@ def build_gallery(
         raise MultError(f"{target}: already exists; add images with `mult index add`, or pass --overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise MultError(f"{target}: exists and is not a folder; choose another gallery path")
-    records = absolute_records(records)
+    records = timed_records(absolute_records(records), taken)  # capture times for the time filter
     if not records:
         raise MultError("no images to index; the gallery needs at least one image")
     model = dict(model_info) if model_info is not None else encoder_info(encoder)

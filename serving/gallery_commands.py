@@ -15,8 +15,8 @@ from mult.io import PathLike, write_failure_as_error
 from mult.data.records import Modality, as_modality
 from mult.errors import MultError
 from mult.serving.faiss_index import RECALL_K, IndexSpec
-from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, Hit, build_gallery, check_same_model, encoder_info,
-                                  records_for_gallery, unit_rows)
+from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, GalleryFilter, Hit, build_gallery, check_same_model,
+                                  encoder_info, parse_time, records_for_gallery, unit_rows)
 
 
 
@@ -49,6 +49,12 @@ def _model_line(model: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "unknown"
 
 
+def _times_line(times: Mapping[str, Any]) -> str:
+    """``2026-12-01 08:00:00 UTC to 2026-12-03 21:10:04 UTC, 3 without a time`` (what --since/--until can use)."""
+    span = f"{times['first']} to {times['last']}" if times.get("first") else "no capture times"
+    return span + (f", {times['unknown']:,} without a time" if times.get("unknown") else "")
+
+
 @dataclass
 class GalleryReport:
     """What ``mult index build|add|info`` prints: the gallery's info, plus what this command changed."""
@@ -75,6 +81,8 @@ class GalleryReport:
         rows = [
             ("images", f"{info['count']:,} ({modalities})"),
             ("identities", f"{info['identities']:,} known, {info['images_without_id']:,} images without id"),
+            ("cameras", ", ".join(f"{cam}: {n:,}" for cam, n in info.get("cameras", {}).items()) or "none"),
+            ("captured", _times_line(info.get("times", {}))),
             ("embedding", f"{info['embedding_size']}-d, model {_model_line(info.get('model', {}))}"),
             ("index", spec.describe()),
         ]
@@ -151,8 +159,11 @@ def index_add(
     batch_size: int = DEFAULT_CHUNK,
     model_info: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    taken: Union[str, float, None] = None,
 ) -> GalleryReport:
-    """``mult index add``: embed and append new images (``modality`` defaults to the gallery's own)."""
+    """``mult index add``: embed and append new images (``modality`` defaults to the gallery's own). ``taken``
+    (ISO 8601 or UNIX seconds) is the new images' capture time; by default each file's modification time."""
+    taken_s = parse_time(taken, name="--time")
     gallery = Gallery.open(gallery_dir)
     if modality is None:
         present = list(gallery.modalities)
@@ -164,7 +175,8 @@ def index_add(
     records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split, skipped=left_out)
     started = time.perf_counter()
     with write_failure_as_error(gallery_dir, "the gallery is unchanged"):  # add writes a new version, then swaps it in
-        counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress)
+        counts = gallery.add(records, encoder, batch_size=batch_size, model_info=model_info, progress=progress,
+                             taken=taken_s)
     return GalleryReport("add", gallery.info(), added=counts["added"], skipped=counts["skipped"],
                          seconds=round(time.perf_counter() - started, 3), left_out=left_out)
 
@@ -188,12 +200,13 @@ class SearchReport:
     query_pid: Optional[int] = None
     ranklist: Optional[str] = None
     seconds: dict[str, float] = field(default_factory=dict)
+    where: GalleryFilter = field(default_factory=GalleryFilter)
 
     def as_dict(self) -> dict[str, Any]:
         return {"query": self.query, "query_modality": self.query_modality, "query_pid": self.query_pid,
                 "gallery": self.gallery, "gallery_modalities": self.gallery_modalities, "gallery_count": self.count,
-                "top_k": self.top_k, "hits": [h.as_dict() for h in self.hits], "ranklist": self.ranklist,
-                "seconds": self.seconds}
+                "top_k": self.top_k, "filter": self.where.as_dict(), "hits": [h.as_dict() for h in self.hits],
+                "ranklist": self.ranklist, "seconds": self.seconds}
 
     def render(self) -> str:
         held = ", ".join(self.gallery_modalities) or "empty"
@@ -201,6 +214,8 @@ class SearchReport:
                  f"({held}, {self.count:,} images), top {self.top_k}"]
         if self.query_modality in self.gallery_modalities and len(self.gallery_modalities) == 1:
             lines.append("note: the query and the gallery have the same modality (not a cross-modality search)")
+        if self.where.active:
+            lines.append(f"filter: {self.where.describe()} ({len(self.hits)} hit(s))")
         rows = [(h.rank, f"{h.score:.4f}", h.id, "-" if h.pid is None else h.pid, h.camid, h.modality, h.path)
                 for h in self.hits]
         match = None if self.query_pid is None else [h.pid == self.query_pid for h in self.hits]
@@ -226,13 +241,15 @@ def search_query(
     ef_search: Optional[int] = None,
     model_info: Optional[Mapping[str, Any]] = None,
     verify: bool = True,
+    where: Optional[GalleryFilter] = None,
 ) -> SearchReport:
     """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images of the
     other modality (all of them when it holds one modality only), as the page does (:meth:`Gallery.search_modality`).
 
     The query modality defaults to visible (the gallery usually holds infrared crops). ``save_ranklist``
     writes the query + top-k image (:func:`mult.serving.ranklist.save_ranklist`); ``query_pid``, when known,
-    colours the hits green/red and adds a match column. ``verify=False`` skips the checksums (sizes and
+    colours the hits green/red and adds a match column. ``where`` narrows the gallery (cameras, identity known or
+    not, capture time) inside the faiss search. ``verify=False`` skips the checksums (sizes and
     counts are still checked), which saves reading a multi-GB index twice.
     """
     wanted = as_modality(query_modality, optional=True)
@@ -253,11 +270,12 @@ def search_query(
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
     target = Modality.infrared if wanted is Modality.visible else Modality.visible
-    hits = gallery.search_modality(embedding, top_k, target, nprobe=nprobe, ef_search=ef_search)
+    where = where or GalleryFilter()
+    hits = gallery.search_modality(embedding, top_k, target, nprobe=nprobe, ef_search=ef_search, where=where)
     search_s = time.perf_counter() - started
     report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
                           int(top_k), hits, query_pid=query_pid,
-                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)})
+                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)}, where=where)
     if save_ranklist is not None:
         from mult.serving.ranklist import save_ranklist as write_ranklist
 

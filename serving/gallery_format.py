@@ -52,7 +52,7 @@ def manifest_checksum(manifest: Mapping[str, Any]) -> str:
 # ================================================================================================ write
 def _metadata_line(row: int, record: Record) -> str:
     return json.dumps({"id": row, "path": record.path, "pid": record.pid, "camid": int(record.camid),
-                       "modality": Modality(record.modality).value}, ensure_ascii=False)
+                       "modality": Modality(record.modality).value, "time": record.time}, ensure_ascii=False)
 
 
 def _write_index_file(index: faiss.Index, path: Path) -> None:
@@ -93,11 +93,13 @@ def read_metadata(path: Path) -> list[Record]:
                 row = json.loads(line)
                 if row["id"] != number - 1:
                     raise ValueError(f"id {row['id']} where {number - 1} was expected")
-                pid = row["pid"]
+                pid, taken = row["pid"], row.get("time")  # galleries written before times were kept have none
                 if not isinstance(row["path"], str) or not isinstance(row["camid"], int) or not (
-                        pid is None or isinstance(pid, int)):
+                        pid is None or isinstance(pid, int)) or not (
+                        taken is None or (isinstance(taken, (int, float)) and not isinstance(taken, bool))):
                     raise ValueError("a field has the wrong type")
-                records.append(Record(row["path"], pid, row["camid"], Modality(row["modality"])))
+                records.append(Record(row["path"], pid, row["camid"], Modality(row["modality"]),
+                                      None if taken is None else float(taken)))
             except (ValueError, KeyError, TypeError) as err:
                 raise MultError(f"{path} line {number}: malformed gallery metadata ({err}); "
                                 "rebuild the gallery with `mult index build`") from None

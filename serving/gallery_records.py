@@ -57,3 +57,20 @@ def records_for_gallery(
 def absolute_records(records: Sequence[Record]) -> list[Record]:
     """Records with absolute paths, so the gallery works from any working directory."""
     return [r if os.path.isabs(r.path) else replace(r, path=os.path.abspath(r.path)) for r in records]
+
+
+def timed_records(records: Sequence[Record], taken: Optional[float] = None) -> list[Record]:
+    """Records with a capture time for the gallery's time filter: ``taken`` (UNIX seconds) for all of them when
+    given, else each keeps its own or gets its file's modification time (None when the file cannot be read:
+    embedding it then names the problem)."""
+    def when(record: Record) -> Optional[float]:
+        if taken is not None:
+            return float(taken)
+        if record.time is not None:
+            return record.time
+        try:
+            return os.stat(record.path).st_mtime
+        except OSError:
+            return None
+
+    return [replace(r, time=when(r)) for r in records]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,11 +21,16 @@ from mult.errors import MultError
 from mult.io import PathLike, atomic_directory
 from mult.serving.faiss_index import IndexSpec, add_vectors, measure_recall, search_params
 from mult.serving.gallery_embedding import DEFAULT_CHUNK, embed_records
+from mult.serving.gallery_filter import GalleryFilter, format_time, id_selector
 from mult.serving.gallery_format import (INDEX_FILE, MANIFEST_FILE, METADATA_FILE, modality_counts, read_gallery,
                                          utc_now, write_gallery_files)
 from mult.serving.gallery_lock import update_lock
 from mult.serving.gallery_model import check_same_model, encoder_info
-from mult.serving.gallery_records import absolute_records
+from mult.serving.gallery_records import absolute_records, timed_records
+
+
+#: Most candidates an HNSW search visits when a filter keeps few images (efSearch grows as the selection shrinks).
+MAX_FILTERED_EF_SEARCH = 2048
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Hit:
     pid: Optional[int]
     camid: int
     modality: str
+    time: Optional[float] = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,9 +65,20 @@ class Gallery:
         self.records = records
         self.manifest = manifest
         self.spec = IndexSpec.from_manifest(manifest["index"])
+        self._index_columns()
+        self._gpu: Any = None
+
+    def _index_columns(self) -> None:
+        """The per-id arrays that filters and ``info`` read (pid -1 and time NaN where unknown)."""
+        records = self.records
         self._pids = np.array([-1 if r.pid is None else r.pid for r in records], dtype=np.int64)
         self._camids = np.array([r.camid for r in records], dtype=np.int64)
-        self._gpu: Any = None
+        self._modalities = np.array([Modality(r.modality).value for r in records], dtype=object)
+        self._times = np.array([np.nan if r.time is None else r.time for r in records], dtype=np.float64)
+
+    def filter_mask(self, where: GalleryFilter) -> np.ndarray:
+        """Boolean [N]: the ids ``where`` lets through."""
+        return where.mask(self._camids, self._pids, self._modalities, self._times)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -93,6 +110,10 @@ class Gallery:
         out["identities"] = int(np.unique(known).size)
         out["images_without_id"] = int(np.count_nonzero(self._pids < 0))
         out["cameras"] = {str(int(c)): int(n) for c, n in zip(*np.unique(self._camids, return_counts=True))}
+        known_times = self._times[np.isfinite(self._times)]
+        out["times"] = {"first": format_time(known_times.min()) if known_times.size else None,
+                        "last": format_time(known_times.max()) if known_times.size else None,
+                        "unknown": int(len(self._times) - known_times.size)}
         return out
 
     # ------------------------------------------------------------------------------------------ search
@@ -109,8 +130,15 @@ class Gallery:
         return self._gpu or None
 
     def search_ids(self, embeddings: np.ndarray, k: int = 10, *, nprobe: Optional[int] = None,
-                   ef_search: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw ``(scores [Q, k], ids [Q, k])`` for unit query embeddings [Q, D] (or one [D] vector); -1 = none."""
+                   ef_search: Optional[int] = None,
+                   where: Optional[GalleryFilter] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw ``(scores [Q, k], ids [Q, k])`` for unit query embeddings [Q, D] (or one [D] vector); -1 = none.
+
+        ``where`` restricts the search to the images it lets through, inside faiss (an ID selector): flat
+        search stays exact; IVF probes ``nprobe`` lists of selected images, and HNSW widens its search as the
+        selection shrinks (efSearch / fraction selected, at most :data:`MAX_FILTERED_EF_SEARCH`), yet either
+        may return fewer than k hits when a filter keeps few images.
+        """
         queries = np.asarray(embeddings, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
@@ -123,6 +151,16 @@ class Gallery:
         if k == 0 or len(queries) == 0:
             return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
         queries = np.ascontiguousarray(queries)
+        selected = id_selector(self.filter_mask(where)) if where is not None and where.active else None
+        if selected is not None:
+            if selected.count == 0:
+                return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+            if self.spec.kind == "hnsw":
+                wanted = int(ef_search or self.spec.ef_search)
+                ef_search = int(min(max(wanted, np.ceil(wanted / selected.fraction)), MAX_FILTERED_EF_SEARCH))
+            # faiss holds only a pointer to the selector: `selected` stays referenced until the search returns
+            return self.index.search(queries, k, params=search_params(self.spec, nprobe, ef_search,
+                                                                      selected.selector))
         params = search_params(self.spec, nprobe, ef_search)
         gpu = self._gpu_searcher()
         if gpu is not None:
@@ -135,9 +173,10 @@ class Gallery:
         return self.index.search(queries, k, params=params)
 
     def search(self, embeddings: np.ndarray, k: int = 10, *, nprobe: Optional[int] = None,
-               ef_search: Optional[int] = None) -> list[list[Hit]]:
-        """Top-``k`` hits per query embedding (one list per row of ``embeddings``)."""
-        scores, ids = self.search_ids(embeddings, k, nprobe=nprobe, ef_search=ef_search)
+               ef_search: Optional[int] = None, where: Optional[GalleryFilter] = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query embedding (one list per row of ``embeddings``), among the images ``where``
+        lets through (all when None)."""
+        scores, ids = self.search_ids(embeddings, k, nprobe=nprobe, ef_search=ef_search, where=where)
         results: list[list[Hit]] = []
         for row_scores, row_ids in zip(scores.tolist(), ids.tolist()):
             hits = []
@@ -145,24 +184,22 @@ class Gallery:
                 if idx < 0:
                     break
                 r = self.records[idx]
-                hits.append(Hit(rank, int(idx), float(score), r.path, r.pid, int(r.camid), Modality(r.modality).value))
+                hits.append(Hit(rank, int(idx), float(score), r.path, r.pid, int(r.camid), Modality(r.modality).value,
+                                r.time))
             results.append(hits)
         return results
 
     def search_modality(self, embedding: np.ndarray, k: int, target: Modality, *, nprobe: Optional[int] = None,
-                        ef_search: Optional[int] = None) -> list[Hit]:
-        """Top-``k`` hits of one query among the gallery's ``target`` images — the cross-modality search of
-        ``mult search`` and the page. A gallery holding one modality only (or none of ``target``) is ranked whole.
-
-        Searching k + (images of other modalities) deep guarantees k target hits survive the filter.
+                        ef_search: Optional[int] = None, where: Optional[GalleryFilter] = None) -> list[Hit]:
+        """Top-``k`` hits of one query among the gallery's ``target`` images that ``where`` lets through — the
+        cross-modality search of ``mult search`` and the page. A gallery holding one modality only (or none of
+        ``target``) is ranked whole. The modality is one more condition of the faiss ID selector.
         """
+        where = where or GalleryFilter()
         counts = self.modalities
-        if len(counts) < 2 or counts.get(target.value, 0) == 0:
-            return self.search(embedding, k, nprobe=nprobe, ef_search=ef_search)[0]
-        others = len(self) - counts[target.value]
-        hits = [h for h in self.search(embedding, k + others, nprobe=nprobe, ef_search=ef_search)[0]
-                if h.modality == target.value]
-        return [replace(h, rank=rank) for rank, h in enumerate(hits[:k], start=1)]
+        if len(counts) >= 2 and counts.get(target.value, 0) > 0:
+            where = where.with_modality(target)
+        return self.search(embedding, k, nprobe=nprobe, ef_search=ef_search, where=where)[0]
 
     # ------------------------------------------------------------------------------------------ add
     def latest(self) -> "Gallery":
@@ -177,8 +214,12 @@ class Gallery:
         return self if on_disk == self.manifest else Gallery.open(self.directory, verify=False)
 
     def add(self, records: Sequence[Record], encoder: Any, *, batch_size: int = DEFAULT_CHUNK,
-            model_info: Optional[Mapping[str, Any]] = None, progress: bool = True) -> dict[str, int]:
+            model_info: Optional[Mapping[str, Any]] = None, progress: bool = True,
+            taken: Optional[float] = None) -> dict[str, int]:
         """Embed and append ``records`` not already in the gallery (same path); old ids never change.
+
+        Each new image's capture time is ``taken`` (UNIX seconds) when given, else its record's, else its file's
+        modification time (:func:`~mult.serving.gallery_records.timed_records`).
 
         Refuses (MultError) an encoder of another embedding size or model. Rewrites the gallery atomically
         (a new version in a temporary directory, swapped in) and re-measures recall for IVF/HNSW.
@@ -193,9 +234,10 @@ class Gallery:
             latest = self.latest()  # another process may have added images since this one opened the gallery
             if latest is not self:
                 self.__dict__.update(latest.__dict__)
-            return self._append(records, encoder, batch_size=batch_size, progress=progress)
+            return self._append(records, encoder, batch_size=batch_size, progress=progress, taken=taken)
 
-    def _append(self, records: Sequence[Record], encoder: Any, *, batch_size: int, progress: bool) -> dict[str, int]:
+    def _append(self, records: Sequence[Record], encoder: Any, *, batch_size: int, progress: bool,
+                taken: Optional[float]) -> dict[str, int]:
         """The work of ``add``, under the update lock."""
         seen = {r.path for r in self.records}
         fresh: list[Record] = []
@@ -206,6 +248,7 @@ class Gallery:
         skipped = len(records) - len(fresh)
         if not fresh:
             return {"added": 0, "skipped": skipped, "count": len(self)}
+        fresh = timed_records(fresh, taken)
         vectors = embed_records(fresh, encoder, chunk=batch_size, dim=self.embedding_size, progress=progress)
         old_count = len(self)
         index = self.index  # appended in place (no second copy of a large index); restored from disk on failure
@@ -232,8 +275,7 @@ class Gallery:
             raise
         self.records = self.records + fresh
         self.manifest = manifest
-        self._pids = np.concatenate([self._pids, [-1 if r.pid is None else r.pid for r in fresh]]).astype(np.int64)
-        self._camids = np.concatenate([self._camids, [r.camid for r in fresh]]).astype(np.int64)
+        self._index_columns()
         self._gpu = None
         return {"added": len(fresh), "skipped": skipped, "count": len(self)}
 

@@ -418,6 +418,16 @@ def test_page_over_a_dataset_gallery_knows_its_examples(sysu, tiny_export, tmp_p
         tiles, status, hits = search(client, Path(gallery.records[0].path), V2I)  # a gallery image: known too
         assert "person 2: first correct match" in status
 
+        # The filters panel (issue 17): camera 3 only, inside the faiss search; a bad time is one line.
+        assert {"filters", "filter-cameras", "filter-identity", "filter-since", "filter-until"} <= ids
+        on_cam3 = sum(r.camid == 3 for r in gallery.records)
+        query = gradio_client.handle_file(example.path)
+        tiles, status, hits = client.predict(query, V2I, ["3"], "known", "", "", api_name="/search")
+        assert len(hits) == on_cam3 > 0 and {h["camid"] for h in hits} == {3}
+        assert f"of {on_cam3} gallery images passing the filter (camera 3 · identity known)" in status
+        tiles, status, hits = client.predict(query, V2I, [], "any", "at dawn", "", api_name="/search")
+        assert hits == [] and "since 'at dawn' is not a time" in status
+
 
 def test_moved_gallery_image_shows_a_placeholder(local, tmp_path):
     """The page does not break when a gallery image was deleted after indexing (SearchService, no Gradio)."""

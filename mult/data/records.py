@@ -43,9 +43,12 @@ def as_modality(modality: Union[Modality, str, None], *, optional: bool = False)
 @dataclass(frozen=True)
 class Record:
     """One image. ``pid`` is the dataset's person id (None when unknown, e.g. a plain folder);
-    ``camid`` is the dataset's camera number (SYSU-MM01: 1..6; RegDB: 1 visible, 2 thermal)."""
+    ``camid`` is the dataset's camera number (SYSU-MM01: 1..6; RegDB: 1 visible, 2 thermal); ``time`` is when
+    it was taken, in UNIX seconds, when known (a gallery fills it from the file's modification time or from
+    ``mult index add --time``, and filters searches by it)."""
 
     path: str
     pid: Optional[int]
     camid: int
     modality: Modality
+    time: Optional[float] = None
