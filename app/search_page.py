@@ -5,7 +5,8 @@ score, person id and camera. "visible → infrared" sends the query through the 
 gallery's infrared images; "infrared → visible" the other way round. A gallery that holds one modality only
 is searched whole either way (the page says so); the direction then only picks the query's stem. The "filters"
 panel narrows the gallery (cameras, person id known or not, capture time) inside the FAISS search
-(:class:`mult.serving.gallery.GalleryFilter`); the status line says how many images passed.
+(:class:`mult.serving.gallery.GalleryFilter`); the status line says how many images passed. "re-rank" re-orders
+the index's top 100 by MULT's cross-modality k-reciprocal re-ranking (:mod:`mult.serving.gallery_rerank`).
 
 When the query's person id is known, each hit is framed green (the same person) or red (another one), as in
 rank lists (:mod:`mult.serving.ranklist`), its caption says so in words, and the status line says where the
@@ -24,7 +25,7 @@ a toast, never a traceback. The search is an API endpoint (``api_name="search"``
         handle_file("me.jpg"), "visible → infrared", api_name="/search")
     # filtered: cameras ticked, person id any/known/unknown, taken since / until (ISO 8601 or UNIX seconds)
     Client(...).predict(handle_file("me.jpg"), "visible → infrared", ["3", "6"], "unknown", "2026-12-03T20:00", "",
-                        api_name="/search")
+                        True, api_name="/search")                        # ... and re-ranked
 
 Each hit's ``match`` is true or false when the query's person id is known (null otherwise).
 
@@ -63,6 +64,7 @@ from mult.processes import exposure_note
 from mult.serving.encoders import open_encoder
 from mult.serving.gallery import Gallery, filter_from_options
 from mult.serving.gallery_filter import IDENTITIES
+from mult.serving.gallery_rerank import DEFAULT_TOP_N
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +97,11 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
     service = SearchService(gallery, encoder, top_k=top_k, max_bytes=max_bytes, max_pixels=max_pixels, known=known)
 
     def run_search(upload: Any, direction: Optional[str], cameras: Optional[list] = None,
-                   identity: Optional[str] = None, since: Optional[str] = None, until: Optional[str] = None):
+                   identity: Optional[str] = None, since: Optional[str] = None, until: Optional[str] = None,
+                   rerank: bool = False):
         try:
             where = filter_from_options([int(c) for c in cameras or []], identity=identity, since=since, until=until)
-            answer = service.search(upload, direction, where)
+            answer = service.search(upload, direction, where, rerank_top=DEFAULT_TOP_N if rerank else None)
         except MultError as err:  # a filter value the page cannot read: say which, as any other expected problem
             answer = SearchAnswer(status=f"⚠️ {err}", ok=False)
         except Exception as err:  # a bug, not a user mistake: full traceback to the log, one line to the page
@@ -120,6 +123,8 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                                  image_mode=None, height=320, elem_id="query")
                 direction = gr.Radio(list(DIRECTIONS), value=DEFAULT_DIRECTION, label="direction",
                                      elem_id="direction")
+                rerank = gr.Checkbox(False, label=f"re-rank the top {DEFAULT_TOP_N} (MULT's cross-modality "
+                                     "k-reciprocal re-ranking)", elem_id="rerank")
                 with gr.Accordion("filters", open=False, elem_id="filters"):
                     cameras = gr.CheckboxGroup(sorted(gallery.info()["cameras"], key=int), value=[],
                                                label="cameras (none ticked: all)", elem_id="filter-cameras")
@@ -146,7 +151,7 @@ def build_page(gallery_dir: Union[PathLike, Gallery], encoder: Any, *, top_k: in
                     hits = gr.JSON(label="hits", elem_id="hits")
         # preprocess=False: the handler gets the upload's path unopened, so size and type are checked before
         # any decoding (Gradio's own Image preprocessing would open the file first).
-        gr.on([button.click, query.upload], run_search, inputs=[query, direction, cameras, identity, since, until],
+        gr.on([button.click, query.upload], run_search, inputs=[query, direction, cameras, identity, since, until, rerank],
               outputs=[results, status, hits],
               api_name=API_NAME, preprocess=False, concurrency_limit=CONCURRENCY)
     page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)

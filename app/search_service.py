@@ -21,6 +21,7 @@ from mult.data.images import DEFAULT_MAX_BYTES, load_image, load_image_bytes, re
 from mult.data.records import Modality
 from mult.errors import MultError, ServerUnavailable
 from mult.serving.gallery import Gallery, GalleryFilter, Hit, check_same_model, encoder_info
+from mult.serving.gallery_rerank import DEFAULT_TOP_N, reranked_search
 from mult.serving.query_ids import KnownImages
 from mult.serving.ranklist import frame_colour, frame_image
 
@@ -173,9 +174,10 @@ class SearchService:
         return frame_image(image, frame_colour(query_pid, hit.pid), frame_width(image)), caption
 
     # -- the whole search --
-    def search(self, upload: Any, direction: Optional[str], where: Optional[GalleryFilter] = None) -> SearchAnswer:
-        """Run one search among the gallery images ``where`` lets through (all when None); expected problems
-        come back as ``ok=False`` with the message as status."""
+    def search(self, upload: Any, direction: Optional[str], where: Optional[GalleryFilter] = None,
+               rerank_top: Optional[int] = None) -> SearchAnswer:
+        """Run one search among the gallery images ``where`` lets through (all when None), re-ranking the index's
+        top ``rerank_top`` when given; expected problems come back as ``ok=False`` with the message as status."""
         where = where or GalleryFilter()
         try:
             query_modality, target = parse_direction(direction)
@@ -186,7 +188,11 @@ class SearchService:
             embed_s = time.perf_counter() - started
             self._refresh_gallery()
             started = time.perf_counter()
-            hits = self.gallery.search_modality(embedding, self.top_k, target, where=where)
+            if rerank_top:
+                hits = reranked_search(self.gallery, embedding, self.top_k, query_modality, target,
+                                       top_n=rerank_top, where=where)
+            else:
+                hits = self.gallery.search_modality(embedding, self.top_k, target, where=where)
             search_s = time.perf_counter() - started
         except MultError as err:
             return SearchAnswer(status=f"⚠️ {err}", ok=False)
@@ -199,14 +205,16 @@ class SearchService:
             ranked += f" images passing the filter ({where.describe()}),"
         else:
             ranked += " images"
+        reranked = f" including re-ranking the top {rerank_top}" if rerank_top else ""
         status = (f"top {len(hits)} of {held:,} {ranked} (gallery {len(self.gallery):,}) · query `{name}` "
                   f"through the {query_modality.value} stem · embed {embed_s * 1e3:.0f} ms, search "
-                  f"{search_s * 1e3:.1f} ms · model {model_label(self.encoder)}")
+                  f"{search_s * 1e3:.1f} ms{reranked} · model {model_label(self.encoder)}")
         if query_pid is not None:
             status = f"**{match_summary(query_pid, [h.pid for h in hits])}** · {status}"
         hit_rows = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "pid": h.pid, "camid": h.camid,
                      "modality": h.modality, "file": os.path.basename(h.path),
-                     "match": None if query_pid is None or h.pid is None else int(h.pid) == int(query_pid)}
+                     "match": None if query_pid is None or h.pid is None else int(h.pid) == int(query_pid),
+                     **({} if h.distance is None else {"reranked_distance": round(h.distance, 6)})}
                     for h in hits]
         return SearchAnswer([self._tile(h, query_pid) for h in hits], status, hit_rows)
 

@@ -19,6 +19,8 @@ SUITE = {
     # 1M x 2048 needs ~9 GiB per index and (estimated) tens of minutes of IVF/HNSW building on 2 cores:
     # run it by hand with --sizes 1000000.
     "index": ["benchmarks.bench_index", "--sizes", "10000", "100000"],
+    "index_tuning": ["benchmarks.bench_index_tuning"],  # --target-recall per kind at 200k x 256, held-out recall
+    "rerank": ["benchmarks.bench_rerank"],  # vectorised re-ranking vs the row-by-row re-statement, per-query cost
     "load": ["benchmarks.bench_load", "--page"],  # 16 gRPC clients x 60 s, then 8 page clients x 20 searches
 }
 

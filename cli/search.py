@@ -22,6 +22,7 @@ class IndexKind(str, Enum):
     flat = "flat"
     ivf = "ivf"
     hnsw = "hnsw"
+    ivfpq = "ivfpq"
 
 
 _SERVER = typer.Option(None, "--server", help="Triton gRPC URL of `mult serve` (default 127.0.0.1:8001).")
@@ -46,11 +47,18 @@ def index_build(
     data_root: Optional[Path] = _DATA_ROOT,
     modality: Direction = typer.Option(Direction.infrared, "--modality", help="Modality of the gallery images."),
     regdb_split: int = typer.Option(1, "--split", min=1, max=10, help="RegDB split whose test images to index."),
-    kind: IndexKind = typer.Option(IndexKind.flat, "--kind", help="flat: exact; ivf / hnsw: approximate, recall reported."),
+    kind: IndexKind = typer.Option(IndexKind.flat, "--kind", help="flat: exact; ivf / hnsw: approximate, recall "
+                                   "reported; ivfpq: IVF-PQ, compressed codes for galleries too large for flat."),
     nlist: Optional[int] = typer.Option(None, "--nlist", min=1, help="IVF lists (default about 4*sqrt(N))."),
     nprobe: int = typer.Option(16, "--nprobe", min=1, help="IVF lists visited per query."),
     hnsw_m: int = typer.Option(32, "--hnsw-m", min=4, help="HNSW links per node."),
     ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW search breadth."),
+    pq_m: Optional[int] = typer.Option(None, "--pq-m", help="ivfpq: one-byte codes per vector; must divide the "
+                                       "embedding size (default d/4)."),
+    refine: int = typer.Option(0, "--refine", help="ivfpq: re-rank REFINE*k candidates exactly (keeps the full "
+                               "vectors in memory, more than flat needs); 0: no re-ranking."),
+    target_recall: Optional[float] = typer.Option(None, "--target-recall", help="Pick the smallest nprobe "
+                                                  "(ivf, ivfpq) / ef-search (hnsw) reaching this recall@10, e.g. 0.95."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing gallery at --out."),
     server: Optional[str] = _SERVER,
     local: Optional[Path] = _LOCAL,
@@ -59,14 +67,17 @@ def index_build(
     """Embed a folder or a dataset's test gallery through the deployed model and index it.
 
     Example: mult index build --dataset sysu --data-root data/synth-demo --modality infrared --local model_repository --out gallery
+    (approximate, recall-steered: --kind ivf --target-recall 0.95)
     """
     from mult.serving import gallery_commands as gallery
+    from mult.serving.faiss_index import IndexSpec
 
+    spec = IndexSpec(kind.value, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, pq_m=pq_m,
+                     refine=refine, target_recall=target_recall)  # wrong values fail before the model is reached
     with encoder_from_options(server, local) as encoder:
         report = gallery.index_build(
             encoder, out, images=images, dataset=dataset.value if dataset else None, data_root=data_root,
-            modality=modality.value, regdb_split=regdb_split, kind=kind.value, nlist=nlist, nprobe=nprobe,
-            hnsw_m=hnsw_m, ef_search=ef_search, overwrite=overwrite, progress=not as_json)
+            modality=modality.value, regdb_split=regdb_split, kind=spec, overwrite=overwrite, progress=not as_json)
     _report(report, as_json)
 
 
@@ -127,6 +138,9 @@ def search(
     identity: Optional[str] = typer.Option(None, "--identity", help="Only images whose person id is 'known' / 'unknown'."),
     since: Optional[str] = typer.Option(None, "--since", help="Only images taken at or after this time (ISO 8601 or UNIX seconds; no zone = local time)."),
     until: Optional[str] = typer.Option(None, "--until", help="Only images taken at or before this time."),
+    rerank: bool = typer.Option(False, "--rerank", help="Re-order the index's top candidates by the official MULT cross-modality k-reciprocal re-ranking."),
+    rerank_top: int = typer.Option(100, "--rerank-top", min=2, max=5000, help="How many of the index's top candidates --rerank re-orders."),
+    rerank_k: int = typer.Option(15, "--rerank-k", min=1, max=100, help="k of the k-reciprocal sets (official evaluator: 15); about the images per person and modality."),
     server: Optional[str] = _SERVER,
     local: Optional[Path] = _LOCAL,
     as_json: bool = typer.Option(False, "--json", help="Print the rank list as JSON (with embed and search seconds)."),
@@ -143,7 +157,8 @@ def search(
     with encoder_from_options(server, local) as encoder:
         report = gallery.search_query(encoder, index, query, query_modality=query_modality.value, top_k=top_k,
                                       save_ranklist=save_ranklist, query_pid=query_pid, nprobe=nprobe,
-                                      ef_search=ef_search, where=where)
+                                      ef_search=ef_search, where=where, rerank_top=rerank_top if rerank else None,
+                                      rerank_k=rerank_k)
     _report(report, as_json)
 
 

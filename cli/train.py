@@ -153,6 +153,7 @@ def evaluate(
     trials: int = typer.Option(10, "--trials", min=1, help="SYSU gallery trials (seeds 0..N-1)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (in-process torch only)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    rerank: bool = typer.Option(False, "--rerank", help="Also report each protocol after the official MULT cross-modality re-ranking (k=15, eta=0.1), as separate <protocol>-rerank tables/keys."),
 ) -> None:
     """Evaluate with the published protocol (SYSU: 10 gallery trials; RegDB: one split, both directions),
     in-process from a run, or through a deployment (--server URL / --local REPO) to prove it reproduces
@@ -186,7 +187,7 @@ def evaluate(
     else:
         raise MultError("nothing to evaluate: pass a run directory, --server URL or --local REPO")
     with deployment:
-        results = evaluate_dataset(encoder, ds, Path(root), trials=trials, split=split)
+        results = evaluate_dataset(encoder, ds, Path(root), trials=trials, split=split, rerank=rerank)
     if as_json:
         print_json({name: summary.as_dict() for name, summary in results.items()})
     else:

@@ -28,15 +28,17 @@ class Dataset:
     title: str
     #: (root, regdb_split) -> a reader with ``train(modality)`` and ``test(...)`` records
     open: Callable[[Path, int], Any]
-    #: (encoder, root, trials, split) -> {protocol name: summary}
-    evaluate: Callable[[Encoder, Path, int, int], dict[str, ProtocolSummary]]
+    #: (encoder, root, trials, split, rerank) -> {protocol name: summary}
+    evaluate: Callable[[Encoder, Path, int, int, bool], dict[str, ProtocolSummary]]
 
 
 DATASETS: dict[str, Dataset] = {
     "sysu": Dataset("sysu", "SYSU-MM01", lambda root, split: SYSUMM01(root),
-                    lambda encoder, root, trials, split: evaluate_sysu_dataset(encoder, root, trials=trials)),
+                    lambda encoder, root, trials, split, rerank: evaluate_sysu_dataset(encoder, root, trials=trials,
+                                                                                       rerank=rerank)),
     "regdb": Dataset("regdb", "RegDB", lambda root, split: RegDB(root, split=split),
-                     lambda encoder, root, trials, split: evaluate_regdb_dataset(encoder, root, split=split)),
+                     lambda encoder, root, trials, split, rerank: evaluate_regdb_dataset(encoder, root, split=split,
+                                                                                         rerank=rerank)),
 }
 
 
@@ -48,10 +50,11 @@ def dataset(name: str) -> Dataset:
         raise MultError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}") from None
 
 
-def evaluate_dataset(encoder: Encoder, name: str, root: Path, *, trials: int = 10, split: int = 1
-                     ) -> dict[str, ProtocolSummary]:
-    """The published test protocol of dataset ``name`` (METHOD.md §8) through ``encoder``."""
-    return dataset(name).evaluate(encoder, Path(root), trials, split)
+def evaluate_dataset(encoder: Encoder, name: str, root: Path, *, trials: int = 10, split: int = 1,
+                     rerank: bool = False) -> dict[str, ProtocolSummary]:
+    """The published test protocol of dataset ``name`` (METHOD.md §8) through ``encoder``; with ``rerank``
+    each protocol also under ``<protocol>-rerank``, on the official MULT re-ranking (``mult.rerank``)."""
+    return dataset(name).evaluate(encoder, Path(root), trials, split, rerank)
 
 
 @dataclass(frozen=True)

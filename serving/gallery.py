@@ -2,7 +2,8 @@
 
 A gallery is a directory::
 
-    GALLERY_DIR/index.faiss      faiss.write_index of an IndexIDMap2 over Flat / IVF-Flat / HNSW-Flat (inner product)
+    GALLERY_DIR/index.faiss      faiss.write_index of an IndexIDMap2 over Flat / IVF-Flat / HNSW-Flat / IVF-PQ (inner
+                                 product)
     GALLERY_DIR/metadata.jsonl   one JSON object per vector id, in id order: id, path, pid (or null), camid, modality,
                                  time (capture time, UNIX seconds, or null)
     GALLERY_DIR/manifest.json    format version, model, embedding size, count, index kind + params (+ recall@10
@@ -45,6 +46,8 @@ This module is the gallery's public face; each job lives in its own module and i
 * :mod:`mult.serving.gallery_lock`: the writers' update lock (``update_lock``)
 * :mod:`mult.serving.opened_gallery`: the opened gallery (``Gallery``, ``Hit``): search and add
 * :mod:`mult.serving.gallery_filter`: metadata filters and the faiss ID selector (``GalleryFilter``)
+* :mod:`mult.serving.gallery_rerank`: query-time cross-modality re-ranking of the index's top N
+* :mod:`mult.serving.index_tuning`: nprobe / efSearch steered to a target recall (``--target-recall``)
 * :mod:`mult.serving.gallery_build`: ``build_gallery``
 
 Writing a folder atomically (staging beside the target, swap) is :func:`mult.io.atomic_directory`.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any, Optional, Union
 from mult.io import PathLike, write_failure_as_error
 from mult.data.records import Modality, as_modality
 from mult.errors import MultError
-from mult.serving.faiss_index import RECALL_K, IndexSpec
+from mult.serving.faiss_index import IndexSpec
+from mult.serving.index_tuning import RecallTargetWarning, recall_rows
 from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, GalleryFilter, Hit, build_gallery, check_same_model,
                                   encoder_info, parse_time, records_for_gallery, unit_rows)
 
@@ -86,10 +88,7 @@ class GalleryReport:
             ("embedding", f"{info['embedding_size']}-d, model {_model_line(info.get('model', {}))}"),
             ("index", spec.describe()),
         ]
-        recall_key = f"recall_at_{RECALL_K}"
-        if info["index"].get(recall_key) is not None:
-            rows.append((f"recall@{RECALL_K}", f"{info['index'][recall_key]:.4f} vs exact "
-                                               f"({info['index'].get('recall_queries')} gallery images as queries)"))
+        rows += recall_rows(info["index"])  # recall@10, and the tuning (a missed target says so here)
         rows.append(("files", ", ".join(f"{name} {_human_bytes(entry['bytes'])}"
                                         for name, entry in info.get("files", {}).items())))
         rows.append(("created", f"{info.get('created')} (updated {info.get('updated')})"))
@@ -120,18 +119,27 @@ def index_build(
     data_root: Optional[PathLike] = None,
     modality: Union[Modality, str] = Modality.infrared,
     regdb_split: int = 1,
-    kind: str = "flat",
+    kind: Union[str, IndexSpec] = "flat",
     nlist: Optional[int] = None,
     nprobe: int = 16,
     hnsw_m: int = 32,
     ef_search: int = 64,
+    pq_m: Optional[int] = None,
+    refine: int = 0,
+    target_recall: Optional[float] = None,
     batch_size: int = DEFAULT_CHUNK,
     overwrite: bool = False,
     model_info: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
 ) -> GalleryReport:
-    """``mult index build``: index a folder (``images``) or a dataset's test images of ``modality`` at ``out``."""
-    spec = IndexSpec(kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search)
+    """``mult index build``: index a folder (``images``) or a dataset's test images of ``modality`` at ``out``.
+
+    ``target_recall`` tunes nprobe / efSearch to it (:mod:`mult.serving.index_tuning`); a missed target is the
+    report's tuning line (and ``reached: false`` in ``--json``), not a warning. An :class:`IndexSpec` as ``kind``
+    is used as it is (the index parameters after it are then ignored)."""
+    spec = kind if isinstance(kind, IndexSpec) else IndexSpec(
+        kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, pq_m=pq_m, refine=refine,
+        target_recall=target_recall)
     left_out: list[str] = []
     records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split, skipped=left_out)
     source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else
@@ -140,7 +148,8 @@ def index_build(
     source["modality"] = as_modality(modality, optional=True).value
     started = time.perf_counter()
     unchanged = "the gallery there is unchanged" if Path(out).expanduser().exists() else "no gallery was written"
-    with write_failure_as_error(out, unchanged):  # build_gallery stages and renames: a failed write leaves nothing
+    with write_failure_as_error(out, unchanged), warnings.catch_warnings():  # a failed write leaves nothing
+        warnings.simplefilter("ignore", RecallTargetWarning)  # the report's tuning line says it
         gallery = build_gallery(records, encoder, out, kind=spec, batch_size=batch_size, model_info=model_info,
                                 overwrite=overwrite, progress=progress, source=source)
     return GalleryReport("build", gallery.info(), added=len(gallery), seconds=round(time.perf_counter() - started, 3),
@@ -201,12 +210,13 @@ class SearchReport:
     ranklist: Optional[str] = None
     seconds: dict[str, float] = field(default_factory=dict)
     where: GalleryFilter = field(default_factory=GalleryFilter)
+    rerank_top: Optional[int] = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"query": self.query, "query_modality": self.query_modality, "query_pid": self.query_pid,
                 "gallery": self.gallery, "gallery_modalities": self.gallery_modalities, "gallery_count": self.count,
-                "top_k": self.top_k, "filter": self.where.as_dict(), "hits": [h.as_dict() for h in self.hits],
-                "ranklist": self.ranklist, "seconds": self.seconds}
+                "top_k": self.top_k, "filter": self.where.as_dict(), "rerank_top": self.rerank_top,
+                "hits": [h.as_dict() for h in self.hits], "ranklist": self.ranklist, "seconds": self.seconds}
 
     def render(self) -> str:
         held = ", ".join(self.gallery_modalities) or "empty"
@@ -216,6 +226,9 @@ class SearchReport:
             lines.append("note: the query and the gallery have the same modality (not a cross-modality search)")
         if self.where.active:
             lines.append(f"filter: {self.where.describe()} ({len(self.hits)} hit(s))")
+        if self.rerank_top:
+            lines.append(f"re-ranked: the index's top {self.rerank_top} by cross-modality k-reciprocal re-ranking "
+                         "(score = cosine; order = re-ranked distance)")
         rows = [(h.rank, f"{h.score:.4f}", h.id, "-" if h.pid is None else h.pid, h.camid, h.modality, h.path)
                 for h in self.hits]
         match = None if self.query_pid is None else [h.pid == self.query_pid for h in self.hits]
@@ -242,6 +255,8 @@ def search_query(
     model_info: Optional[Mapping[str, Any]] = None,
     verify: bool = True,
     where: Optional[GalleryFilter] = None,
+    rerank_top: Optional[int] = None,
+    rerank_k: Optional[int] = None,
 ) -> SearchReport:
     """``mult search``: embed ``query`` through its own modality's stem and rank the gallery's images of the
     other modality (all of them when it holds one modality only), as the page does (:meth:`Gallery.search_modality`).
@@ -249,7 +264,9 @@ def search_query(
     The query modality defaults to visible (the gallery usually holds infrared crops). ``save_ranklist``
     writes the query + top-k image (:func:`mult.serving.ranklist.save_ranklist`); ``query_pid``, when known,
     colours the hits green/red and adds a match column. ``where`` narrows the gallery (cameras, identity known or
-    not, capture time) inside the faiss search. ``verify=False`` skips the checksums (sizes and
+    not, capture time) inside the faiss search. ``rerank_top=N`` re-orders the index's top N by cross-modality
+    re-ranking (:mod:`mult.serving.gallery_rerank`; ``rerank_k``: its k, default the official evaluator's 15).
+    ``verify=False`` skips the checksums (sizes and
     counts are still checked), which saves reading a multi-GB index twice.
     """
     wanted = as_modality(query_modality, optional=True)
@@ -271,11 +288,18 @@ def search_query(
     started = time.perf_counter()
     target = Modality.infrared if wanted is Modality.visible else Modality.visible
     where = where or GalleryFilter()
-    hits = gallery.search_modality(embedding, top_k, target, nprobe=nprobe, ef_search=ef_search, where=where)
+    if rerank_top:
+        from mult.serving.gallery_rerank import reranked_search
+
+        hits = reranked_search(gallery, embedding, top_k, wanted, target, top_n=rerank_top, where=where,
+                               nprobe=nprobe, ef_search=ef_search, **({"rerank_k": rerank_k} if rerank_k else {}))
+    else:
+        hits = gallery.search_modality(embedding, top_k, target, nprobe=nprobe, ef_search=ef_search, where=where)
     search_s = time.perf_counter() - started
     report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
                           int(top_k), hits, query_pid=query_pid,
-                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)}, where=where)
+                          seconds={"embed": round(embed_s, 4), "search": round(search_s, 6)}, where=where,
+                          rerank_top=rerank_top)
     if save_ranklist is not None:
         from mult.serving.ranklist import save_ranklist as write_ranklist
 

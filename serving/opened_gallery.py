@@ -45,6 +45,8 @@ class Hit:
     camid: int
     modality: str
     time: Optional[float] = None
+    #: The re-ranked distance (smaller = closer) when the search was re-ranked (:mod:`mult.serving.gallery_rerank`).
+    distance: Optional[float] = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -244,3 +244,38 @@ def write_crops(root: Path, pids: tuple[int, ...], per_pid: int, seed: int, mode
             Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)).save(path)  # 2-D: L, 3-D: RGB
             paths.append(path)
     return paths
+
+
+def synthetic_gallery(kind: str, n: int = 2000, d: int = 32, seed: int = 0,
+                      vectors: Optional[np.ndarray] = None) -> "Gallery":
+    """A gallery object (real faiss index, no files) over ``vectors`` (default: n random unit vectors): cameras
+    1..6 by id, infrared on cameras 3 and 6, every third pid unknown, times 0..n-1; ``.vectors`` keeps the
+    vectors for brute-force answers."""
+    from mult.data.records import Modality, Record
+    from mult.serving.faiss_index import IndexSpec, build_index
+    from mult.serving.gallery import Gallery
+
+    if vectors is None:
+        vectors = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    n = len(vectors)
+    spec = IndexSpec(kind, nlist=8 if kind == "ivf" else None, nprobe=8).resolved(n)
+    records = [Record(f"/g/{i}.png", None if i % 3 == 0 else i // 10, 1 + i % 6,
+                      Modality.infrared if i % 6 in (2, 5) else Modality.visible, float(i)) for i in range(n)]
+    manifest = {"index": {"kind": spec.kind, "params": spec.params()}, "embedding_size": d,
+                "modalities": {"infrared": sum(r.modality is Modality.infrared for r in records),
+                               "visible": sum(r.modality is Modality.visible for r in records)}}
+    gallery = Gallery(Path("/g"), build_index(vectors, spec), records, manifest)
+    gallery.vectors = vectors
+    return gallery
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``mult ARGV`` in this process: (exit code, stdout, stderr)."""
+    from mult.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err

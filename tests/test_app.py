@@ -427,6 +427,10 @@ def test_page_over_a_dataset_gallery_knows_its_examples(sysu, tiny_export, tmp_p
         assert f"of {on_cam3} gallery images passing the filter (camera 3 · identity known)" in status
         tiles, status, hits = client.predict(query, V2I, [], "any", "at dawn", "", api_name="/search")
         assert hits == [] and "since 'at dawn' is not a time" in status
+        # The re-rank toggle: the same 18 images, re-ordered by the re-ranked distance, and the status says so.
+        tiles, status, hits = client.predict(query, V2I, [], "any", "", "", True, api_name="/search")
+        distances = [h["reranked_distance"] for h in hits]
+        assert len(hits) == 18 and distances == sorted(distances) and "re-ranking the top 100" in status
 
 
 def test_moved_gallery_image_shows_a_placeholder(local, tmp_path):

@@ -3,16 +3,8 @@
 import json
 from pathlib import Path
 
-import pytest
 
-from mult.cli import main
-
-
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
+from conftest import run_cli
 
 
 def test_index_and_search_round_trip(tiny_export, synth_sysu_small, tmp_path, capsys):

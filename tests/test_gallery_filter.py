@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_crops
+from conftest import run_cli, synthetic_gallery, write_crops
 from mult.data.records import Modality, Record
 from mult.errors import MultError
-from mult.serving.faiss_index import IndexSpec, build_index
 from mult.serving.gallery import Gallery, GalleryFilter, build_gallery, filter_from_options, parse_time, read_metadata
 from mult.serving.gallery_commands import index_add, search_query
 from mult.serving.gallery_filter import id_selector
@@ -77,22 +76,6 @@ def test_selector_bitmap_matches_the_mask():
 
 
 # ------------------------------------------------------------------------------------------ inside faiss
-def _synthetic_gallery(kind: str, n: int = 2000, d: int = 32, seed: int = 0) -> Gallery:
-    """A gallery object over random unit vectors with cameras 1..6, every third pid unknown, times 0..n-1."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, d)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    spec = IndexSpec(kind, nlist=8 if kind == "ivf" else None, nprobe=8).resolved(n)
-    records = [Record(f"/g/{i}.png", None if i % 3 == 0 else i // 10, 1 + i % 6,
-                      Modality.infrared if i % 6 in (2, 5) else Modality.visible, float(i)) for i in range(n)]
-    manifest = {"index": {"kind": spec.kind, "params": spec.params()}, "embedding_size": d,
-                "modalities": {"infrared": sum(r.modality is Modality.infrared for r in records),
-                               "visible": sum(r.modality is Modality.visible for r in records)}}
-    gallery = Gallery(Path("/g"), build_index(vectors, spec), records, manifest)
-    gallery.vectors = vectors  # for the brute-force answers below
-    return gallery
-
-
 def _brute_force(gallery: Gallery, query: np.ndarray, where: GalleryFilter, k: int) -> list[int]:
     rows = np.flatnonzero(gallery.filter_mask(where))
     scores = gallery.vectors[rows] @ query
@@ -102,7 +85,7 @@ def _brute_force(gallery: Gallery, query: np.ndarray, where: GalleryFilter, k: i
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_filtered_search_is_the_exact_top_k_of_the_selection(kind):
     """Flat, and IVF probing all its lists, return exactly the brute-force top-k of the selected images."""
-    gallery = _synthetic_gallery(kind)
+    gallery = synthetic_gallery(kind)
     query = gallery.vectors[5] + 0.1 * gallery.vectors[11]
     query /= np.linalg.norm(query)
     for where in (GalleryFilter(cameras=(3, 6)), GalleryFilter(identity="unknown", since=500, until=1500),
@@ -116,7 +99,7 @@ def test_filtered_search_is_the_exact_top_k_of_the_selection(kind):
 def test_a_selective_filter_finds_images_far_down_the_unfiltered_ranking():
     """Four images out of 2,000 pass: all four come back, best first, although none is in the unfiltered top 10
     (over-fetching the top 10 and dropping would have found nothing)."""
-    gallery = _synthetic_gallery("flat")
+    gallery = synthetic_gallery("flat")
     query = gallery.vectors[0]
     where = GalleryFilter(since=1996)  # ids 1996..1999
     unfiltered = {h.id for h in gallery.search(query, 10)[0]}
@@ -128,7 +111,7 @@ def test_a_selective_filter_finds_images_far_down_the_unfiltered_ranking():
 
 def test_hnsw_widens_its_search_for_a_selective_filter():
     """HNSW under a filter keeping ~1.7% of the gallery still finds (nearly) the exact top-10 of the selection."""
-    gallery = _synthetic_gallery("hnsw")
+    gallery = synthetic_gallery("hnsw")
     where = GalleryFilter(cameras=(1,), until=200)  # 34 images
     found = 0
     for q in range(20):
@@ -139,7 +122,7 @@ def test_hnsw_widens_its_search_for_a_selective_filter():
 
 
 def test_search_modality_filters_by_modality_inside_faiss():
-    gallery = _synthetic_gallery("flat")
+    gallery = synthetic_gallery("flat")
     hits = gallery.search_modality(gallery.vectors[3], 25, Modality.infrared, where=GalleryFilter(cameras=(3, 6)))
     assert len(hits) == 25 and {h.modality for h in hits} == {"infrared"} and {h.camid for h in hits} == {3, 6}
 
@@ -191,16 +174,11 @@ def test_search_query_applies_the_filter(timed_gallery: Gallery, gallery_encoder
 
 
 def test_cli_filters_and_a_bad_value(tiny_export, tmp_path: Path, capsys):
-    from mult.cli import main
-
     crops = write_crops(tmp_path / "crops", (1, 2), per_pid=2, seed=3)
     local = ["--local", str(tiny_export.repo)]
 
     def run(*argv: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exc:
-            main(list(argv))
-        out = capsys.readouterr()
-        return exc.value.code or 0, out.out, out.err
+        return run_cli(list(argv), capsys)
 
     gallery = tmp_path / "g"
     code, _, err = run("index", "build", "--images", str(crops[0].parent.parent), "--out", str(gallery), *local, "--json")

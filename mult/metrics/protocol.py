@@ -12,7 +12,7 @@ and camera), and passed in as row indices. Distances are computed once for the u
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from mult.errors import MultError
 from mult.metrics.ranking import evaluate_regdb, evaluate_sysu
 
 CMC_RANKS = (1, 5, 10, 20)  # the ranks published tables report
+
+#: ``(query_feats, gallery_feats) -> [Nq, Ng]`` distances, smaller = closer (e.g. a re-ranking).
+Distance = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,6 +175,7 @@ def evaluate_sysu_trials(
     *,
     protocol: str = "sysu",
     labels: Sequence[str] | None = None,
+    distance: Distance | None = None,
 ) -> ProtocolSummary:
     """SYSU-MM01 multi-trial protocol (METHOD.md §8.2): one gallery per trial, all sharing the queries.
 
@@ -183,6 +187,8 @@ def evaluate_sysu_trials(
         gallery_indices: one integer array of pool row indices per trial (trial ``t`` = seed ``t``).
         protocol: name shown in the table and JSON (e.g. ``"sysu-all"``, ``"sysu-indoor"``).
         labels: one label per trial; default ``"trial 0"``, ``"trial 1"``, ...
+        distance: replaces :func:`feature_distance`; it is called once per trial with that trial's
+            gallery, since a re-ranking (``mult.rerank``) depends on the whole gallery.
 
     Returns:
         A :class:`ProtocolSummary` with one row per trial.
@@ -209,14 +215,14 @@ def evaluate_sysu_trials(
             raise MultError(f"gallery_indices[{t}] has rows outside the pool [0, {num_p}): check the gallery sampling")
         trials.append(idx)
 
-    # Distances once, for the pool rows that some trial uses.
+    # Plain distances once, for the pool rows that some trial uses.
     used = np.unique(np.concatenate(trials))
-    dist_used = feature_distance(query, pool[used])
+    dist_used = feature_distance(query, pool[used]) if distance is None else None
     pool_pids, pool_cams = np.asarray(pool_pids), np.asarray(pool_cams)
     results = []
     for idx in trials:
-        cols = np.searchsorted(used, idx)
-        results.append(evaluate_sysu(dist_used[:, cols], q_pids, pool_pids[idx], q_cams, pool_cams[idx]))
+        dist = distance(query, pool[idx]) if distance is not None else dist_used[:, np.searchsorted(used, idx)]
+        results.append(evaluate_sysu(dist, q_pids, pool_pids[idx], q_cams, pool_cams[idx]))
     return _summary(protocol, "trial", _labels(labels, [f"trial {t}" for t in range(len(trials))]), results)
 
 
@@ -234,6 +240,7 @@ def evaluate_regdb_splits(
     *,
     protocol: str = "regdb",
     labels: Sequence[str] | None = None,
+    distance: Distance | None = None,
 ) -> ProtocolSummary:
     """RegDB protocol over splits (METHOD.md §8.3): each split has its own model, queries and gallery.
 
@@ -242,6 +249,7 @@ def evaluate_regdb_splits(
             or plain tuple). For visible-to-thermal the queries are visible; swap for thermal-to-visible.
         protocol: name shown in the table and JSON (e.g. ``"regdb-v2t"``).
         labels: one label per split; default ``"split 1"``, ``"split 2"``, ... (the idx file numbers).
+        distance: replaces :func:`feature_distance` (e.g. a re-ranking, ``mult.rerank``).
 
     Returns:
         A :class:`ProtocolSummary` with one row per split.
@@ -257,5 +265,5 @@ def evaluate_regdb_splits(
         g = _as_features(g, f"splits[{s}].gallery_feats")
         if q.shape[1] != g.shape[1]:
             raise MultError(f"splits[{s}]: query dim {q.shape[1]} != gallery dim {g.shape[1]}: use one model")
-        results.append(evaluate_regdb(feature_distance(q, g), qp, gp))
+        results.append(evaluate_regdb((distance or feature_distance)(q, g), qp, gp))
     return _summary(protocol, "split", _labels(labels, [f"split {s + 1}" for s in range(len(splits))]), results)
