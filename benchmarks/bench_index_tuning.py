@@ -9,7 +9,7 @@ Each kind is built by the functions ``mult index build`` uses (``build_index``: 
 d/4 one-byte codes) and tuned by ``index_tuning.tune_index`` exactly as the build does (1,000 gallery vectors held
 out as queries, doubling then bisection). At the chosen value it reports: recall@10 of 1,000 *fresh* queries
 (same centres, not in the gallery) against exact search -- does the held-out tuning carry over? --, the median
-single-query latency, and memory: the bytes faiss writes for the index (a gallery's index.faiss) and the resident
+single-query latency, the median latency of 100 queries at once, the single-query speed-up over flat, and memory: the bytes faiss writes for the index (a gallery's index.faiss) and the resident
 memory its build added (approximate: freed memory is not always returned to the system). ``flat`` is the exact
 reference (not tuned). Everything runs in this one process, one kind after the other.
 """
@@ -33,6 +33,8 @@ from benchmarks.harness import cpu_model, write_json
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq", "ivfpq+refine")
 K = 10
+#: Batch latency: the median of this many searches of BATCH fresh queries.
+BATCHES, BATCH = 5, 100
 MIB = 1024 * 1024
 
 
@@ -72,11 +74,18 @@ def bench_kind(kind: str, vectors: np.ndarray, fresh: np.ndarray, truth: np.ndar
         start = time.perf_counter()
         index.search(fresh[i % len(fresh)][None, :], K, params=params)
         single.append(time.perf_counter() - start)
+    batches = []
+    for i in range(BATCHES):
+        batch = np.roll(fresh, -i * BATCH, axis=0)[:BATCH]
+        start = time.perf_counter()
+        index.search(batch, K, params=params)
+        batches.append(time.perf_counter() - start)
     with tempfile.TemporaryDirectory(prefix="bench_tuning_") as tmp:
         faiss.write_index(index, os.path.join(tmp, "index.faiss"))
         size = os.path.getsize(os.path.join(tmp, "index.faiss"))
     out.update(params=spec.params(), fresh_recall_at_10=round(recall_at_k(found, truth), 4),
-               latency_1_ms=round(1000 * statistics.median(single), 3), index_bytes=int(size),
+               latency_1_ms=round(1000 * statistics.median(single), 3),
+               latency_100_ms=round(1000 * statistics.median(batches), 2), index_bytes=int(size),
                bytes_per_vector=round(size / len(vectors), 1))
     del index
     gc.collect()
@@ -87,14 +96,17 @@ def render(result: dict) -> str:
     lines = [f"N={result['n']:,} x {result['dim']}-d, target recall@10 {result['target_recall']} "
              f"(tuned on {1000} held-out gallery vectors; 'fresh': {result['fresh_queries']} queries not in the gallery)",
              f"{'kind':<13} {'chosen':>14} {'held-out':>9} {'fresh':>7} {'tries':>5} {'build s':>8} {'tune s':>7} "
-             f"{'1 q ms':>7} {'index MiB':>10} {'B/vec':>7} {'RSS+ MiB':>9}"]
+             f"{'1 q ms':>7} {'100 q ms':>8} {'x flat':>6} {'index MiB':>10} {'B/vec':>7} {'RSS+ MiB':>9}"]
+    flat = next((m for m in result["kinds"] if m["kind"] == "flat"), None)
     for m in result["kinds"]:
+        speed_up = f"{flat['latency_1_ms'] / m['latency_1_ms']:.1f}" if flat else "-"  # single-query speed-up
         t = m.get("tuning")
         chosen = f"{t['parameter']}={t['chosen']}" if t else "exact"
         held = f"{t['recall_at_10']:.4f}" + ("" if t["reached"] else "!") if t else "-"
         lines.append(f"{m['kind']:<13} {chosen:>14} {held:>9} {m['fresh_recall_at_10']:>7.4f} "
                      f"{len(t['sweep']) if t else 0:>5} {m['build_s']:>8.1f} {m.get('tune_s', 0):>7.1f} "
-                     f"{m['latency_1_ms']:>7.3f} {m['index_bytes'] / MIB:>10.1f} {m['bytes_per_vector']:>7.0f} "
+                     f"{m['latency_1_ms']:>7.3f} {m['latency_100_ms']:>8.1f} {speed_up:>6} "
+                     f"{m['index_bytes'] / MIB:>10.1f} {m['bytes_per_vector']:>7.0f} "
                      f"{m['rss_added_mib']:>9}")
     lines.append("held-out ending in '!': the target was not reached (the best value kept). Parameters:")
     lines += [f"  {m['kind']}: {', '.join(f'{k}={v}' for k, v in m['params'].items())}"

@@ -139,3 +139,14 @@ def test_visible_example_frames_hits_green_or_red_in_chromium(sysu_app):
         loaded_results(tab, SYSU_IR_IMAGES)
         assert "correct match" not in status
         assert result_frames(tab) == [None] * SYSU_IR_IMAGES
+
+        # The filters panel (issue 17): camera 6 only, applied inside the FAISS search. Half the 18 images pass
+        # (3 per person per infrared camera) and every caption says cam 6.
+        tab.locator("#filters").get_by_text("filters").first.click()
+        tab.locator("#filter-cameras").get_by_label("6", exact=True).check()
+        tab.locator("#search-button").click()
+        status = wait_status(tab, "passing the filter (camera 6)")
+        assert "top 9 of 9 gallery images" in status
+        loaded_results(tab, 9)
+        captions = tab.locator("#results .caption-label").all_inner_texts()
+        assert len(captions) == 9 and all(c.endswith("· cam 6") for c in captions), captions

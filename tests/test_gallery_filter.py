@@ -82,15 +82,16 @@ def _brute_force(gallery: Gallery, query: np.ndarray, where: GalleryFilter, k: i
     return rows[np.argsort(-scores, kind="stable")[:k]].tolist()
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_filtered_search_is_the_exact_top_k_of_the_selection(kind):
-    """Flat, and IVF probing all its lists, return exactly the brute-force top-k of the selected images."""
+    """Flat, IVF probing all its lists and HNSW with a beam as wide as the gallery return exactly the brute-force
+    top-k of the selected images."""
     gallery = synthetic_gallery(kind)
     query = gallery.vectors[5] + 0.1 * gallery.vectors[11]
     query /= np.linalg.norm(query)
     for where in (GalleryFilter(cameras=(3, 6)), GalleryFilter(identity="unknown", since=500, until=1500),
                   GalleryFilter(cameras=(2,), identity="known", until=300)):
-        hits = gallery.search(query, 10, where=where, nprobe=8)[0]
+        hits = gallery.search(query, 10, where=where, nprobe=8, ef_search=2000)[0]
         assert [h.id for h in hits] == _brute_force(gallery, query, where, 10)
         assert all(where.mask(np.array([h.camid]), np.array([-1 if h.pid is None else h.pid]),
                               np.array([h.modality], dtype=object), np.array([h.time]))[0] for h in hits)
