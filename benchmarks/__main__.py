@@ -21,6 +21,7 @@ SUITE = {
     "index": ["benchmarks.bench_index", "--sizes", "10000", "100000"],
     "index_tuning": ["benchmarks.bench_index_tuning"],  # --target-recall per kind at 200k x 256, held-out recall
     "rerank": ["benchmarks.bench_rerank"],  # vectorised re-ranking vs the row-by-row re-statement, per-query cost
+    "epoch": ["benchmarks.bench_epoch", "--steps", "5"],  # SYSU-sized SynthVI, one epoch per stage (~8 min)
     "load": ["benchmarks.bench_load", "--page"],  # 16 gRPC clients x 60 s, then 8 page clients x 20 searches
 }
 

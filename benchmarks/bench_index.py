@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import cpu_model, peak_rss_mib, run_child as spawn_child, write_json
+from benchmarks.harness import cpu_model, peak_rss_mib, rss_mib, run_child as spawn_child, write_json
 
 KINDS = ("flat", "ivf", "hnsw")
 CHUNK = 10_000  # small blocks keep the generation transient (~3 blocks) far below the index itself
@@ -75,15 +75,6 @@ def queries(count: int, centre_set: np.ndarray, seed: int, sigma: float) -> np.n
 
 
 # ---------------------------------------------------------------------------------------------------- memory
-def rss_mib() -> float:
-    """Current resident memory of this process (VmRSS) in MiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def meminfo_mib() -> dict[str, float]:
     out = {}
     try:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_index import centres, queries, rss_mib, vector_chunks
-from benchmarks.harness import cpu_model, write_json
+from benchmarks.bench_index import centres, queries, vector_chunks
+from benchmarks.harness import cpu_model, rss_mib, write_json
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq", "ivfpq+refine")
 K = 10

@@ -33,6 +33,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def rss_mib() -> float:
+    """Current resident memory of this process (VmRSS) in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def run_child(module: str, method: str, work: Path, extra: list[str]) -> dict:
     """``python -m module --child method --work work *extra``; its last stdout line is its JSON result."""
     cmd = [sys.executable, "-m", module, "--child", method, "--work", str(work), *extra]

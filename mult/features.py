@@ -63,8 +63,14 @@ class TorchEncoder:
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return {"arch": getattr(self.model, "arch", None), "flip": bool(self.flip), "weights_sha256": digest.hexdigest()}
 
-    @torch.no_grad()
     def encode(self, paths: Sequence[str], modality: Union[Modality, str]) -> np.ndarray:
+        """float32 [N, D] numpy embeddings (the :class:`mult.encoder.Encoder` interface)."""
+        return self.encode_tensor(paths, modality).cpu().numpy()
+
+    @torch.no_grad()
+    def encode_tensor(self, paths: Sequence[str], modality: Union[Modality, str]) -> torch.Tensor:
+        """float32 [N, D] embeddings as a tensor on the encoder's device: training labels them there (CUDA)
+        without a trip through the host."""
         modality = Modality(modality)
         loader = DataLoader(ImageFiles(paths, self.transform), batch_size=self.batch_size, shuffle=False,
                             num_workers=self.workers)
@@ -74,9 +80,9 @@ class TorchEncoder:
         try:
             for batch in tqdm(loader, desc=f"embed {modality.value}", unit="batch", leave=False,
                               disable=not self.progress):
-                chunks.append(self.model.embed(batch.to(self.device), modality, flip=self.flip).float().cpu())
+                chunks.append(self.model.embed(batch.to(self.device), modality, flip=self.flip).float())
         finally:
             self.model.train(was_training)
         if not chunks:
-            return np.zeros((0, self.model.feature_dim), dtype=np.float32)
-        return torch.cat(chunks).numpy()
+            return torch.zeros((0, self.model.feature_dim), dtype=torch.float32, device=self.device)
+        return torch.cat(chunks)

@@ -1,7 +1,8 @@
 """The OT-only and PGM-style Hungarian association baselines (METHOD.md §13): one-hot labels, no propagation.
 
 Both start from the DBSCAN labels with every outlier given its nearest centre; they differ in how an
-instance gets its label in the other modality's label space.
+instance gets its label in the other modality's label space. They run on the features' device (numpy: the
+CPU) and return numpy, like MULT.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from mult.errors import MultError
+from mult.train.clustering import as_feature_tensor
 from mult.train.label_transfer import LabelTransferResult, cross_modality_labels, one_hot
 from mult.train.sinkhorn import squared_distances
 from mult.train.transfer_inputs import ArrayLike, checked_inputs
@@ -24,7 +26,7 @@ def nearest_centre(features: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
 
 def filled_labels(features: torch.Tensor, labels: np.ndarray, centres: torch.Tensor) -> torch.Tensor:
     """DBSCAN labels with every outlier (-1) replaced by its nearest centre."""
-    lab = torch.from_numpy(labels).to(features.device)
+    lab = as_feature_tensor(labels, features.device)
     out = lab.clone()
     outliers = lab < 0
     if bool(outliers.any()):
@@ -125,7 +127,7 @@ def linked_cluster_labels(
 ) -> LabelTransferResult:
     """One-hot labels from filled cluster labels and cluster-to-cluster links: an instance's cross-modality
     label is its own cluster's partner."""
-    y_vis_to_ir = one_hot(torch.from_numpy(vis_to_ir).to(filled_vis.device)[filled_vis], k_ir)
-    y_ir_to_vis = one_hot(torch.from_numpy(ir_to_vis).to(filled_ir.device)[filled_ir], k_vis)
+    y_vis_to_ir = one_hot(as_feature_tensor(vis_to_ir, filled_vis.device)[filled_vis], k_ir)
+    y_ir_to_vis = one_hot(as_feature_tensor(ir_to_vis, filled_ir.device)[filled_ir], k_vis)
     y_vis, y_ir = one_hot(filled_vis, k_vis), one_hot(filled_ir, k_ir)
     return LabelTransferResult(*(t.cpu().numpy() for t in (y_vis, y_ir_to_vis, y_ir, y_vis_to_ir)), info=info)

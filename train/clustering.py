@@ -14,9 +14,9 @@ import torch
 
 from mult.errors import MultError
 from mult.train.dbscan import dbscan_cluster
-from mult.train.jaccard import jaccard_distance, sparse_jaccard_distance
+from mult.train.jaccard import as_feature_tensor, jaccard_distance, sparse_jaccard_distance
 
-__all__ = ["cluster_centres", "dbscan_cluster", "jaccard_distance", "sparse_jaccard_distance"]
+__all__ = ["as_feature_tensor", "cluster_centres", "dbscan_cluster", "jaccard_distance", "sparse_jaccard_distance"]
 
 
 def cluster_centres(
@@ -29,8 +29,7 @@ def cluster_centres(
     dropped, so no masked copy of the features is made.
     """
     is_torch = isinstance(features, torch.Tensor)
-    x = features.detach() if is_torch else torch.from_numpy(np.asarray(features))
-    lab = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels))
+    x, lab = as_feature_tensor(features), as_feature_tensor(labels)
     if x.ndim != 2 or lab.ndim != 1 or lab.shape[0] != x.shape[0]:
         raise MultError(
             f"features [N, D] and labels [N] disagree: shapes {tuple(x.shape)} and {tuple(lab.shape)}"

@@ -44,16 +44,26 @@ DENSE_CHUNK_ROWS = 1024
 Timings = dict[str, float]
 
 
+def as_feature_tensor(
+    x: np.ndarray | torch.Tensor, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``x`` (features, or labels) as a torch tensor, without a copy where it can be: a tensor is detached and
+    stays on its device, an array is wrapped by ``torch.from_numpy`` (on the CPU); with ``device`` it is then
+    moved there. dtype and shape are kept (callers check them). The one conversion at the entry of every
+    pseudo-labelling function that takes numpy or torch (Jaccard, centres, the associations), so that features
+    extracted on CUDA are labelled there.
+    """
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t if device is None else t.to(device)
+
+
 def _unit_rows(features: np.ndarray | torch.Tensor) -> torch.Tensor:
     """float32 tensor (on the features' device) with unit rows; rejects bad input.
 
     Already-normalised float32 input (what the feature extractor produces) is used without a copy:
     at SYSU scale a copy is 180 MB.
     """
-    if isinstance(features, torch.Tensor):
-        x = features.detach()
-    else:
-        x = torch.from_numpy(np.asarray(features))
+    x = as_feature_tensor(features)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise MultError(f"features must be a non-empty [N, D] matrix, got shape {tuple(x.shape)}")
     if not x.is_floating_point():

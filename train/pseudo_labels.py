@@ -5,21 +5,29 @@ Stage 2: the association named by the config turns the DBSCAN clusters into labe
 both label spaces plus soft targets (METHOD.md §4.6): MULT, OT-only, PGM-style Hungarian matching, or
 "none" (stage 2 is then DCL continued, the ablation baseline). "oracle" links clusters by their true ids: a
 diagnostic upper bound that reads ground truth, never a result of the method.
+
+Device: the features may be numpy or torch tensors on any device (the trainer hands over its extraction on the
+training device). The dense work follows them — the kNN GEMM of the Jaccard distance, the cluster centres, the
+association's transport and propagation — while the sparse k-reciprocal graph and DBSCAN run on the CPU from
+the sparse Jaccard matrix. Labels and soft targets come back as numpy; the centres in the features' kind (a
+tensor stays on its device, so the memories are initialised there without a round trip through the host).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from mult.config import TrainConfig
 from mult.train.clustering import cluster_centres
 from mult.train.dbscan import dbscan_cluster
 from mult.train.diagnostics import clustering_quality, cross_label_accuracy
 from mult.train.jaccard import sparse_jaccard_distance
+from mult.train.transfer_inputs import ArrayLike
 
 #: The official names of the four training targets (rgb = visible), keyed by the label matrix they come from.
 TARGET_NAMES = {"visible": "y_rgb", "infrared": "y_ir", "visible_to_infrared": "y_rgb_cm",
@@ -29,12 +37,17 @@ TARGET_NAMES = {"visible": "y_rgb", "infrared": "y_ir", "visible_to_infrared": "
 @dataclass
 class ModalityClusters:
     labels: np.ndarray  # DBSCAN labels, -1 = outlier
-    centres: np.ndarray  # [K, D] raw member means (memory initialisation)
+    centres: ArrayLike  # [K, D] raw member means (memory initialisation), numpy or a tensor on the features' device
     jaccard: sp.csr_matrix  # the distances DBSCAN used (only pairs with J < 1 stored)
 
     @property
     def num_clusters(self) -> int:
         return self.centres.shape[0]
+
+    def on_host(self) -> ModalityClusters:
+        """The same clusters with the centres as numpy (what is pickled to other processes)."""
+        centres = self.centres
+        return replace(self, centres=centres.cpu().numpy() if isinstance(centres, torch.Tensor) else centres)
 
 
 def require_clusters(visible: ModalityClusters, infrared: ModalityClusters) -> None:
@@ -66,18 +79,26 @@ class EpochLabels:
     def cross_modal(self) -> bool:
         return self.cm_labels_v is not None
 
+    def on_host(self) -> EpochLabels:
+        """The same labels with no device tensor in them (every other field is numpy already)."""
+        return replace(self, visible=self.visible.on_host(), infrared=self.infrared.on_host())
 
-def cluster_modality(features: np.ndarray, cfg: TrainConfig) -> ModalityClusters:
-    """Jaccard distance (k1, k2) then DBSCAN (eps, min_samples) on one modality's features (METHOD.md §5)."""
+
+def cluster_modality(features: ArrayLike, cfg: TrainConfig) -> ModalityClusters:
+    """Jaccard distance (k1, k2) then DBSCAN (eps, min_samples) on one modality's features (METHOD.md §5).
+
+    ``features``: numpy or a tensor on any device (the kNN runs there; the sparse graph and DBSCAN on the CPU);
+    the centres come back in the same kind, on the same device."""
     jaccard = sparse_jaccard_distance(features, cfg.k1, cfg.k2)
     labels = dbscan_cluster(jaccard, cfg.eps, cfg.min_samples)
     centres = cluster_centres(features, labels)
     return ModalityClusters(labels, centres, jaccard)
 
 
-def make_epoch_labels(feats_v: np.ndarray, feats_r: np.ndarray, cfg: TrainConfig, stage: str, *,
+def make_epoch_labels(feats_v: ArrayLike, feats_r: ArrayLike, cfg: TrainConfig, stage: str, *,
                       true_ids: Optional[tuple[np.ndarray, np.ndarray]] = None, epoch: int = 0) -> EpochLabels:
-    """Pseudo-labels for one epoch of ``stage`` ("dcl" or "mult") from L2-normalised features.
+    """Pseudo-labels for one epoch of ``stage`` ("dcl" or "mult") from L2-normalised features, numpy or torch
+    tensors on one device (the module docstring says what runs where; numpy and CPU tensors give the same numbers).
 
     ``true_ids`` (visible, infrared) are read only by the diagnostic association "oracle"."""
     from mult.train.associations import ASSOCIATE, unknown_association

@@ -161,14 +161,14 @@ class Trainer:
         self.dist.sync_buffers(self.model)
         self.say(f"re-estimated BatchNorm statistics on {used} batches of {batch_size}+{batch_size} images")
 
-    def extract(self) -> tuple[np.ndarray, np.ndarray]:
-        """L2-normalised features of every training image (eval mode, no flip: METHOD.md §2), all ranks."""
+    def extract(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised features of every training image (eval mode, no flip: METHOD.md §2), all ranks: float32
+        tensors on the training device, which the pseudo-labelling then runs on (mult.train.pseudo_labels)."""
         encoder = TorchEncoder(self.model, self.cfg.height, self.cfg.width, device=self.device, flip=False,
                                workers=self.cfg.workers, progress=self.progress)
         out = []
         for paths, modality in ((self.data.visible_paths, "visible"), (self.data.infrared_paths, "infrared")):
-            mine = encoder.encode(paths[self.dist.shard(len(paths))], modality)
-            out.append(self.dist.gather_rows(torch.from_numpy(mine).to(self.device)).cpu().numpy())
+            out.append(self.dist.gather_rows(encoder.encode_tensor(paths[self.dist.shard(len(paths))], modality)))
         return out[0], out[1]
 
     def pseudo_labels(self, epoch: int, stage: str) -> EpochLabels:
@@ -178,6 +178,8 @@ class Trainer:
             self.say(f"epoch {epoch}: clustering {len(feats_v)} visible + {len(feats_r)} infrared features")
             labels = make_epoch_labels(feats_v, feats_r, self.cfg, stage, epoch=epoch,
                                        true_ids=(self.data.visible_pids, self.data.infrared_pids))
+            if self.dist.enabled:  # pickled to every rank: host arrays only, each rank moves them to its device
+                labels = labels.on_host()
         return self.dist.broadcast(labels)
 
     def train_epoch(self, epoch: int, stage: str, labels: EpochLabels, mems: dict[str, ClusterMemory]) -> dict:

@@ -7,14 +7,14 @@ import numpy as np
 import torch
 
 from mult.errors import MultError
-from mult.train.clustering import cluster_centres
+from mult.train.clustering import as_feature_tensor, cluster_centres
 
 ArrayLike = np.ndarray | torch.Tensor
 
 
 def checked_features(x: ArrayLike, name: str) -> torch.Tensor:
     """Non-empty, finite [N, D] float32 contiguous tensor on the input's device."""
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    t = as_feature_tensor(x)
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise MultError(f"{name} must be a non-empty [N, D] matrix, got shape {tuple(t.shape)}")
     t = t.to(torch.float32).contiguous()
