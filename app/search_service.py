@@ -21,7 +21,7 @@ from mult.data.images import DEFAULT_MAX_BYTES, load_image, load_image_bytes, re
 from mult.data.records import Modality
 from mult.errors import MultError, ServerUnavailable
 from mult.serving.gallery import Gallery, GalleryFilter, Hit, check_same_model, encoder_info
-from mult.serving.gallery_rerank import DEFAULT_TOP_N, reranked_search
+from mult.serving.gallery_rerank import cross_modality_hits
 from mult.serving.query_ids import KnownImages
 from mult.serving.ranklist import frame_colour, frame_image
 
@@ -188,11 +188,8 @@ class SearchService:
             embed_s = time.perf_counter() - started
             self._refresh_gallery()
             started = time.perf_counter()
-            if rerank_top:
-                hits = reranked_search(self.gallery, embedding, self.top_k, query_modality, target,
-                                       top_n=rerank_top, where=where)
-            else:
-                hits = self.gallery.search_modality(embedding, self.top_k, target, where=where)
+            hits = cross_modality_hits(self.gallery, embedding, self.top_k, query_modality, target, where=where,
+                                       rerank_top=rerank_top)
             search_s = time.perf_counter() - started
         except MultError as err:
             return SearchAnswer(status=f"⚠️ {err}", ok=False)

@@ -31,8 +31,11 @@ from typing import Any, Callable
 
 from benchmarks.harness import cpu_model, peak_rss_mib, rss_mib, run_in_workdir
 
-#: The paper's schedule (METHOD.md: 40 DCL epochs, 50 MULT epochs; 300 / 200 steps each in the sysu preset).
-PAPER_EPOCHS = {"dcl": 40, "mult": 50}
+def paper_config():
+    """The paper's settings as the ``sysu`` preset holds them: encoder, image size, batch and schedule."""
+    from mult.config import preset_config
+
+    return preset_config("sysu")
 
 
 class StageClock:
@@ -119,17 +122,19 @@ def run_epochs(args: argparse.Namespace, work: Path, data: Path) -> dict[str, An
 
 
 def resnet50_costs(args: argparse.Namespace) -> dict[str, float]:
-    """The paper's encoder on this CPU: one training step (forward + backward + Adam) of a reduced stage-1 batch,
-    and extraction throughput, at 288x144."""
+    """The paper's encoder on this CPU (the ``sysu`` preset's: ResNet-50 at 288x144): one training step (forward +
+    backward + Adam) of a reduced stage-1 batch, and extraction throughput."""
     import torch
 
     from mult.model import TwoStreamEncoder
 
+    paper = paper_config()
+    size = (paper.height, paper.width)
     torch.manual_seed(0)
-    model = TwoStreamEncoder(arch="resnet50", pretrained=None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3.5e-4)
+    model = TwoStreamEncoder(arch=paper.arch, pretrained=None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=paper.lr)
     per_modality = args.r50_batch  # images per modality in the measured step (the preset's: 12 x 12 = 144)
-    v, r = torch.randn(2 * per_modality, 3, 288, 144), torch.randn(per_modality, 3, 288, 144)
+    v, r = torch.randn(2 * per_modality, 3, *size), torch.randn(per_modality, 3, *size)
     model.train()
     times = []
     for _ in range(2):  # the first step warms up the allocator; the second is quoted
@@ -141,7 +146,7 @@ def resnet50_costs(args: argparse.Namespace) -> dict[str, float]:
         times.append(time.perf_counter() - start)
     model.eval()
     with torch.no_grad():
-        batch = torch.randn(32, 3, 288, 144)
+        batch = torch.randn(32, 3, *size)
         model.embed(batch, "visible")  # warm-up
         start = time.perf_counter()
         model.embed(batch, "visible")
@@ -153,11 +158,12 @@ def resnet50_costs(args: argparse.Namespace) -> dict[str, float]:
 def estimate(result: dict[str, Any]) -> dict[str, Any]:
     """The paper's full schedule on this CPU with ResNet-50 at 288x144: per epoch, extraction of every training
     image + the measured clustering / association + the preset's steps at the measured (linearly scaled) step cost."""
-    cfg, r50 = result["config"], result["resnet50"]
+    paper, r50 = paper_config(), result["resnet50"]
     images = sum(result["images"].values())
-    preset_step_images = 3 * 144  # sysu preset: 12 ids x 12 instances per modality, visible twice
+    preset_step_images = 3 * paper.num_ids * paper.num_instances  # per modality, visible twice
     step_s = r50["step_seconds"] * preset_step_images / r50["step_images"]
-    steps = {"dcl": 300, "mult": 200}
+    steps = {"dcl": paper.iters_stage_one, "mult": paper.iters_stage_two}
+    epochs = {"dcl": paper.stage_one_epochs, "mult": paper.epochs - paper.stage_one_epochs}
     per_epoch = {}
     for e in result["epochs"]:
         s = e["seconds"]
@@ -165,7 +171,7 @@ def estimate(result: dict[str, Any]) -> dict[str, Any]:
                                                  "mult_association", "memory_build"))
         per_epoch[e["stage"]] = {"extract_s": images / r50["extract_images_per_s"], "labelling_s": labelling,
                                  "steps_s": steps[e["stage"]] * step_s}
-    total = sum(PAPER_EPOCHS[stage] * sum(parts.values()) for stage, parts in per_epoch.items())
+    total = sum(epochs[stage] * sum(parts.values()) for stage, parts in per_epoch.items())
     return {"per_epoch": {k: {n: round(v, 1) for n, v in parts.items()} for k, parts in per_epoch.items()},
             "step_seconds_at_preset_batch": round(step_s, 1), "cpu_total_hours": round(total / 3600, 1),
             "assumptions": "ResNet-50 288x144 step cost scaled linearly from the measured reduced batch; "
@@ -177,9 +183,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data = render(args, work)
     result = run_epochs(args, work, data)
     result["peak_rss_mib"] = round(peak_rss_mib())
-    result["resnet50"] = resnet50_costs(args) if not args.quick else {"step_images": 3, "step_seconds": 0.0,
-                                                                       "extract_images_per_s": 1.0}
     if not args.quick:
+        result["resnet50"] = resnet50_costs(args)
         result["estimate"] = estimate(result)
     result["machine"] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0]}
     return result

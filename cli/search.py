@@ -139,8 +139,8 @@ def search(
     since: Optional[str] = typer.Option(None, "--since", help="Only images taken at or after this time (ISO 8601 or UNIX seconds; no zone = local time)."),
     until: Optional[str] = typer.Option(None, "--until", help="Only images taken at or before this time."),
     rerank: bool = typer.Option(False, "--rerank", help="Re-order the index's top candidates by the official MULT cross-modality k-reciprocal re-ranking."),
-    rerank_top: int = typer.Option(100, "--rerank-top", min=2, max=5000, help="How many of the index's top candidates --rerank re-orders."),
-    rerank_k: int = typer.Option(15, "--rerank-k", min=1, max=100, help="k of the k-reciprocal sets (official evaluator: 15); about the images per person and modality."),
+    rerank_top: Optional[int] = typer.Option(None, "--rerank-top", min=2, max=5000, help="How many of the index's top candidates --rerank re-orders (default 100)."),
+    rerank_k: Optional[int] = typer.Option(None, "--rerank-k", min=1, max=100, help="k of the k-reciprocal sets (default: the official evaluator's 15); about the images per person and modality."),
     server: Optional[str] = _SERVER,
     local: Optional[Path] = _LOCAL,
     as_json: bool = typer.Option(False, "--json", help="Print the rank list as JSON (with embed and search seconds)."),
@@ -154,6 +154,10 @@ def search(
     from mult.serving.gallery import filter_from_options
 
     where = filter_from_options(cameras, identity=identity, since=since, until=until)
+    if rerank:
+        from mult.serving.gallery_rerank import DEFAULT_TOP_N
+
+        rerank_top = rerank_top or DEFAULT_TOP_N
     with encoder_from_options(server, local) as encoder:
         report = gallery.search_query(encoder, index, query, query_modality=query_modality.value, top_k=top_k,
                                       save_ranklist=save_ranklist, query_pid=query_pid, nprobe=nprobe,

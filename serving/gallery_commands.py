@@ -16,6 +16,7 @@ from mult.io import PathLike, write_failure_as_error
 from mult.data.records import Modality, as_modality
 from mult.errors import MultError
 from mult.serving.faiss_index import IndexSpec
+from mult.serving.gallery_rerank import cross_modality_hits
 from mult.serving.index_tuning import RecallTargetWarning, recall_rows
 from mult.serving.gallery import (DEFAULT_CHUNK, Gallery, GalleryFilter, Hit, build_gallery, check_same_model,
                                   encoder_info, parse_time, records_for_gallery, unit_rows)
@@ -288,13 +289,8 @@ def search_query(
     started = time.perf_counter()
     target = Modality.infrared if wanted is Modality.visible else Modality.visible
     where = where or GalleryFilter()
-    if rerank_top:
-        from mult.serving.gallery_rerank import reranked_search
-
-        hits = reranked_search(gallery, embedding, top_k, wanted, target, top_n=rerank_top, where=where,
-                               nprobe=nprobe, ef_search=ef_search, **({"rerank_k": rerank_k} if rerank_k else {}))
-    else:
-        hits = gallery.search_modality(embedding, top_k, target, nprobe=nprobe, ef_search=ef_search, where=where)
+    hits = cross_modality_hits(gallery, embedding, top_k, wanted, target, where=where, rerank_top=rerank_top,
+                               rerank_k=rerank_k, nprobe=nprobe, ef_search=ef_search)
     search_s = time.perf_counter() - started
     report = SearchReport(query_path, wanted.value, str(gallery.directory), gallery.modalities, len(gallery),
                           int(top_k), hits, query_pid=query_pid,

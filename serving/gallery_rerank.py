@@ -36,6 +36,19 @@ def stored_vectors(gallery: Gallery, ids: list[int]) -> np.ndarray:
     return gallery.index.reconstruct_batch(np.asarray(ids, dtype=np.int64))
 
 
+def cross_modality_hits(gallery: Gallery, embedding: np.ndarray, k: int, query_modality: Modality, target: Modality,
+                        *, where: Optional[GalleryFilter] = None, rerank_top: Optional[int] = None,
+                        rerank_k: Optional[int] = None, nprobe: Optional[int] = None,
+                        ef_search: Optional[int] = None) -> list[Hit]:
+    """The search of ``mult search`` and the page: the top ``k`` of the ``target`` images ``where`` lets through
+    (:meth:`Gallery.search_modality`), re-ranked from the index's top ``rerank_top`` when that is given
+    (``rerank_k``: default the official evaluator's)."""
+    if not rerank_top:
+        return gallery.search_modality(embedding, k, target, nprobe=nprobe, ef_search=ef_search, where=where)
+    return reranked_search(gallery, embedding, k, query_modality, target, top_n=rerank_top, where=where,
+                           rerank_k=rerank_k or OFFICIAL_TEST_K, nprobe=nprobe, ef_search=ef_search)
+
+
 def reranked_search(gallery: Gallery, embedding: np.ndarray, k: int, query_modality: Modality, target: Modality,
                     *, top_n: int = DEFAULT_TOP_N, where: Optional[GalleryFilter] = None,
                     rerank_k: int = OFFICIAL_TEST_K, eta: float = OFFICIAL_ETA, nprobe: Optional[int] = None,
