@@ -43,8 +43,9 @@ def spec_for(kind: str, args: argparse.Namespace):
 
     if kind == "flat":
         return IndexSpec("flat")
-    pq = {"pq_m": args.pq_m, "refine": args.refine if kind.endswith("+refine") else 0} if kind.startswith("ivfpq") else {}
-    return IndexSpec(kind.split("+")[0], target_recall=args.target_recall, **pq).resolved(args.n, dim=args.dim)
+    extra = {"pq_m": args.pq_m, "refine": args.refine if kind.endswith("+refine") else 0} if kind.startswith("ivfpq") \
+        else {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction} if kind == "hnsw" else {}
+    return IndexSpec(kind.split("+")[0], target_recall=args.target_recall, **extra).resolved(args.n, dim=args.dim)
 
 
 def bench_kind(kind: str, vectors: np.ndarray, fresh: np.ndarray, truth: np.ndarray, args) -> dict:
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--pq-m", type=int, default=None, help="IVF-PQ codes per vector (default d/4)")
     parser.add_argument("--refine", type=int, default=10, help="k_factor of ivfpq+refine")
+    parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
+    parser.add_argument("--ef-construction", type=int, default=40, help="HNSW build breadth")
     parser.add_argument("--per-centre", type=int, default=20)
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)

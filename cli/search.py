@@ -52,6 +52,8 @@ def index_build(
     nlist: Optional[int] = typer.Option(None, "--nlist", min=1, help="IVF lists (default about 4*sqrt(N))."),
     nprobe: int = typer.Option(16, "--nprobe", min=1, help="IVF lists visited per query."),
     hnsw_m: int = typer.Option(32, "--hnsw-m", min=4, help="HNSW links per node."),
+    ef_construction: int = typer.Option(40, "--ef-construction", min=1, help="HNSW build breadth (larger: a "
+                                        "better graph, higher reachable recall, slower build)."),
     ef_search: int = typer.Option(64, "--ef-search", min=1, help="HNSW search breadth."),
     pq_m: Optional[int] = typer.Option(None, "--pq-m", help="ivfpq: one-byte codes per vector; must divide the "
                                        "embedding size (default d/4)."),
@@ -72,8 +74,9 @@ def index_build(
     from mult.serving import gallery_commands as gallery
     from mult.serving.faiss_index import IndexSpec
 
-    spec = IndexSpec(kind.value, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, pq_m=pq_m,
-                     refine=refine, target_recall=target_recall)  # wrong values fail before the model is reached
+    # wrong values fail here, before the model is reached
+    spec = IndexSpec(kind.value, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                     ef_search=ef_search, pq_m=pq_m, refine=refine, target_recall=target_recall)
     with encoder_from_options(server, local) as encoder:
         report = gallery.index_build(
             encoder, out, images=images, dataset=dataset.value if dataset else None, data_root=data_root,

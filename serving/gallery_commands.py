@@ -124,6 +124,7 @@ def index_build(
     nlist: Optional[int] = None,
     nprobe: int = 16,
     hnsw_m: int = 32,
+    ef_construction: int = 40,
     ef_search: int = 64,
     pq_m: Optional[int] = None,
     refine: int = 0,
@@ -139,8 +140,8 @@ def index_build(
     report's tuning line (and ``reached: false`` in ``--json``), not a warning. An :class:`IndexSpec` as ``kind``
     is used as it is (the index parameters after it are then ignored)."""
     spec = kind if isinstance(kind, IndexSpec) else IndexSpec(
-        kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search, pq_m=pq_m, refine=refine,
-        target_recall=target_recall)
+        kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
+        pq_m=pq_m, refine=refine, target_recall=target_recall)
     left_out: list[str] = []
     records = records_for_gallery(images, dataset, data_root, modality, regdb_split=regdb_split, skipped=left_out)
     source = ({"images": os.path.abspath(os.fspath(images))} if images is not None else

@@ -141,7 +141,7 @@ def tune_index(index: faiss.Index, spec: IndexSpec, *, vectors: Optional[np.ndar
 # ================================================================================================ reporting
 _HINTS = {
     "ivf": "IVF-Flat probing every list is exact search: use kind flat",
-    "hnsw": "rebuild with a larger --hnsw-m, or use kind ivf",
+    "hnsw": "rebuild with a larger --ef-construction or --hnsw-m, or use kind ivf",
     "ivfpq": "re-rank exactly with --refine (e.g. 10) or use more sub-quantizers (--pq-m)",
 }
 

@@ -74,7 +74,8 @@ def run_cli(argv, capsys, monkeypatch, encoder=None):
 
 
 # ---- --target-recall through the command line ------------------------------------------------------------
-@pytest.mark.parametrize("kind, parameter, extra", [("ivf", "nprobe", []), ("hnsw", "ef_search", ["--hnsw-m", "4"])])
+@pytest.mark.parametrize("kind, parameter, extra", [
+    ("ivf", "nprobe", []), ("hnsw", "ef_search", ["--hnsw-m", "4", "--ef-construction", "24"])])
 def test_target_recall_is_reached_recorded_and_kept_on_add(kind, parameter, extra, images, vectors, tmp_path,
                                                            capsys, monkeypatch):
     encoder = ArrayEncoder(vectors)
@@ -91,6 +92,8 @@ def test_target_recall_is_reached_recorded_and_kept_on_add(kind, parameter, extr
     assert entry["params"][parameter] == chosen and sweep[chosen] == tuning["recall_at_10"] >= 0.95
     assert all(r < 0.95 for v, r in sweep.items() if v < chosen)  # the smallest value measured to reach it
     assert len(sweep) <= 16  # doubling + bisection: few measurements
+    if kind == "hnsw":
+        assert (entry["params"]["M"], entry["params"]["ef_construction"]) == (4, 24)  # the build options kept
     if kind == "ivf":
         assert 1 < chosen < entry["params"]["nlist"] and chosen - 1 in sweep  # bisected down to the exact value
     assert entry["recall_at_10"] >= tuning["recall_at_10"]  # the own-image-counted recall is the higher one
