@@ -43,9 +43,11 @@ def spec_for(kind: str, args: argparse.Namespace):
 
     if kind == "flat":
         return IndexSpec("flat")
-    extra = {"pq_m": args.pq_m, "refine": args.refine if kind.endswith("+refine") else 0} if kind.startswith("ivfpq") \
-        else {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction} if kind == "hnsw" else {}
-    return IndexSpec(kind.split("+")[0], target_recall=args.target_recall, **extra).resolved(args.n, dim=args.dim)
+    base = kind.split("+")[0]
+    options = {"ivfpq": {"pq_m": args.pq_m, "refine": args.refine if kind.endswith("+refine") else 0},
+               "hnsw": {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}}.get(base, {})
+    given = {name: value for name, value in options.items() if value is not None}  # None: IndexSpec's default
+    return IndexSpec(base, target_recall=args.target_recall, **given).resolved(args.n, dim=args.dim)
 
 
 def bench_kind(kind: str, vectors: np.ndarray, fresh: np.ndarray, truth: np.ndarray, args) -> dict:
@@ -123,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--pq-m", type=int, default=None, help="IVF-PQ codes per vector (default d/4)")
     parser.add_argument("--refine", type=int, default=10, help="k_factor of ivfpq+refine")
-    parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
-    parser.add_argument("--ef-construction", type=int, default=40, help="HNSW build breadth")
+    parser.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default: mult's)")
+    parser.add_argument("--ef-construction", type=int, default=None, help="HNSW build breadth (default: mult's)")
     parser.add_argument("--per-centre", type=int, default=20)
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
